@@ -1,0 +1,96 @@
+//! Security events: one place that names them, logs them to the journal with a stable
+//! `MESSAGE_ID`, and appends them to the hash-chained audit table.
+//!
+//! Architecture invariant: a security event is never only logged or only stored; both go
+//! through [`Auditor::record`]. No event carries a secret, a token or a message body.
+#![forbid(unsafe_code)]
+
+use crate::storage::{Storage, StorageError};
+use sha2::{Digest, Sha256};
+
+/// Stable journal `MESSAGE_ID`s (128-bit, lowercase hex). Never reuse or change one.
+pub mod ids {
+    pub const DAEMON_READY: &str = "c53f20ed7f5b4ef5a83cadfd6b89d501";
+    pub const DAEMON_STOPPING: &str = "cdcd17b365ce49b98d2fd3607b87ea90";
+    pub const POLICY_LOADED: &str = "148c45a071d44d40be10f88ba615461e";
+    pub const PIN_VERIFIED: &str = "e6e082ca03e248279d9b67eb53cb6164";
+    pub const PIN_REFUSED: &str = "e66c4e7074e843fe9750b18ff7711319";
+    pub const LOGIN_OK: &str = "600839d9fe244fd8be14781e5ded1032";
+    pub const LOGIN_FAILED: &str = "a5ee2a2cdb3d484886b5c87fd2eb6bd7";
+    pub const LOGIN_THROTTLED: &str = "ff45139005ae406e9395321cc5f81a71";
+    pub const SOURCE_REFUSED: &str = "08d6864fc07249a9be11d2619565aec1";
+    pub const LOGOUT: &str = "f2785bc6c1374f319bfe53cdeb118372";
+    pub const OPERATOR_CHANGED: &str = "ce3e03c1a04547418191da6fa7988cdc";
+    pub const TRANSCRIPT_ACCESS: &str = "ef5c1e1519dd4a718b672dc4562d840c";
+    pub const STORAGE_WRITE_FAILED: &str = "8810935d7fa1479380b8076af9154b07";
+    pub const STARTUP_REFUSED: &str = "736921ca72d14113966983ab0d4ad1b5";
+
+    /// Every id the code emits, with its event name (kept equal to the journal catalog).
+    pub const ALL: &[(&str, &str)] = &[
+        (DAEMON_READY, "daemon_ready"),
+        (DAEMON_STOPPING, "daemon_stopping"),
+        (POLICY_LOADED, "policy_loaded"),
+        (PIN_VERIFIED, "pin_verified"),
+        (PIN_REFUSED, "pin_refused"),
+        (LOGIN_OK, "login_ok"),
+        (LOGIN_FAILED, "login_failed"),
+        (LOGIN_THROTTLED, "login_throttled"),
+        (SOURCE_REFUSED, "source_refused"),
+        (LOGOUT, "logout"),
+        (OPERATOR_CHANGED, "operator_changed"),
+        (TRANSCRIPT_ACCESS, "transcript_access"),
+        (STORAGE_WRITE_FAILED, "storage_write_failed"),
+        (STARTUP_REFUSED, "startup_refused"),
+    ];
+}
+
+/// Appends security events to the journal and to the audit chain.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    storage: Storage,
+}
+
+/// SHA-256 chain link: commits to the previous hash and every field of the record.
+pub fn link_hash(
+    prev: &[u8],
+    seq: i64,
+    ts: i64,
+    message_id: &str,
+    event: &str,
+    detail: &str,
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    for part in [seq.to_be_bytes(), ts.to_be_bytes()] {
+        h.update(part);
+    }
+    for s in [message_id, event, detail] {
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+impl Auditor {
+    pub fn new(storage: Storage) -> Auditor {
+        Auditor { storage }
+    }
+
+    /// Log and store one security event. `detail` is a short `key=value` text without
+    /// secrets. Storage failures are logged; the event is still in the journal.
+    pub async fn record(&self, message_id: &'static str, event: &'static str, detail: String) {
+        tracing::info!(MESSAGE_ID = message_id, EVENT = event, "{event}: {detail}");
+        if let Err(e) = self.append(message_id, event, detail).await {
+            tracing::error!(MESSAGE_ID = ids::STORAGE_WRITE_FAILED, error = %e, "audit record not stored");
+        }
+    }
+
+    async fn append(
+        &self,
+        message_id: &'static str,
+        event: &'static str,
+        detail: String,
+    ) -> Result<(), StorageError> {
+        self.storage.append_audit(message_id, event, detail).await
+    }
+}

@@ -1,0 +1,406 @@
+//! The `palisade` command line: the contract that scripts, tests and admins rely on.
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use crate::app::{self, Verified};
+use crate::audit::ids;
+use crate::policy::Config;
+use crate::secret::Secret;
+use clap::{Parser, Subcommand};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Live chat on a locked-down appliance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Loopback-only demo: throwaway certificates, policy, operator and customer page.
+    Demo {
+        /// Directory for the demo's files (a fresh temporary one by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run the daemon.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check config, policy, certificates, pins and file permissions.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Certificate helpers.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Manage operator accounts (local console only).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Set the server-wide authentication string (read from standard input).
+    AuthString {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Print the SPKI pin (sha256/BASE64) of a PEM certificate's public key.
+    Pin { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Add an operator; the password is read from standard input.
+    Add {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long, default_value = "operator", value_parser = ["operator", "supervisor", "admin"])]
+        role: String,
+    },
+    /// Change an operator's password (read from standard input); ends their sessions.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Disable an operator; ends their sessions.
+    Disable {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List operators.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("palisade: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(lines) => {
+            for l in lines.lines() {
+                eprintln!("palisade: {l}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "palisade panicked; exiting");
+        default(info);
+    }));
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Demo { dir } => demo::run(dir).await,
+        Command::Serve { config } => serve(config).await,
+        Command::Check { config } => check(config),
+        Command::Cert {
+            command: CertCommand::Pin { file },
+        } => {
+            let chain = crate::tls::read_chain(&file)?;
+            println!("{}", crate::tls::pin_of_certificate(&chain[0])?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator { command } => operator(command).await,
+        Command::AuthString { config } => auth_string(config),
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, String> {
+    Config::load(path)
+}
+
+fn check(config: PathBuf) -> Result<ExitCode, String> {
+    let cfg = load_config(&config)?;
+    match app::verify(&cfg) {
+        Ok(v) => {
+            println!(
+                "ok: policy {} (sha256 {})",
+                v.policy.dir.display(),
+                v.policy.sha256
+            );
+            println!("ok: visitor certificate pinned ({})", v.visitor_cert.pin());
+            println!(
+                "ok: operator certificate pinned ({})",
+                v.operator_cert.pin()
+            );
+            println!("ok: data key, authentication-string hash and file permissions");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn serve(config: PathBuf) -> Result<ExitCode, String> {
+    install_panic_hook();
+    crate::sandbox::harden_process()?;
+    crate::sandbox::raise_nofile();
+    let cfg = load_config(&config)?;
+    let activated = crate::sandbox::activation::take_listeners()?;
+    let verified: Verified = app::verify(&cfg).map_err(|e| {
+        tracing::error!(MESSAGE_ID = ids::STARTUP_REFUSED, "refusing to start: {e}");
+        e.to_string()
+    })?;
+    let running = app::start(&cfg, verified, activated).await.map_err(|e| {
+        tracing::error!(MESSAGE_ID = ids::STARTUP_REFUSED, "refusing to start: {e}");
+        e.to_string()
+    })?;
+    let status = format!(
+        "serving visitors on {} and operators on {}",
+        join(&running.visitor_addrs),
+        join(&running.operator_addrs)
+    );
+    running
+        .app
+        .audit
+        .record(ids::DAEMON_READY, "daemon_ready", status.clone())
+        .await;
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    );
+    spawn_watchdog(running.app.clone());
+    wait_for_signal().await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    running
+        .app
+        .audit
+        .record(ids::DAEMON_STOPPING, "daemon_stopping", "signal".into())
+        .await;
+    running.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join(a: &[std::net::SocketAddr]) -> String {
+    a.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `WATCHDOG=1` only while the runtime schedules tasks and the database answers.
+fn spawn_watchdog(app: std::sync::Arc<app::App>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = std::time::Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let healthy = tokio::time::timeout(period, app.storage.operators())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if healthy {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("health check failed; withholding the watchdog ping");
+            }
+        }
+    });
+}
+
+pub(crate) async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Read one secret line from standard input (never from argv).
+fn read_secret_line(prompt: &str) -> Result<Secret, String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprint!("{prompt}: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading standard input: {e}"))?;
+    let s = Secret::new(line.trim_end_matches(['\n', '\r']).to_string());
+    zeroize::Zeroize::zeroize(&mut line);
+    Ok(s)
+}
+
+fn open_storage(cfg: &Config) -> Result<crate::storage::Storage, String> {
+    let v = app::verify(cfg).map_err(|e| e.to_string())?;
+    crate::sandbox::ensure_private_dir(&cfg.state_dir)?;
+    crate::storage::Storage::open(
+        &cfg.state_dir,
+        crate::storage::crypto::Sealer::new(&v.data_key),
+    )
+    .map_err(|e| e.0)
+}
+
+async fn operator(cmd: OperatorCommand) -> Result<ExitCode, String> {
+    match cmd {
+        OperatorCommand::Add {
+            name,
+            config,
+            display_name,
+            role,
+        } => {
+            let cfg = load_config(&config)?;
+            let policy = crate::policy::load_policy(&cfg.policy_dir).map_err(|e| e.to_string())?;
+            validate_username(&name)?;
+            let pw = read_secret_line("password")?;
+            check_password(&pw, policy.accounts.password_min_chars)?;
+            let hash = crate::operator::auth::hash_secret(&policy.accounts.argon2, &pw)?;
+            let storage = open_storage(&cfg)?;
+            let display = display_name.unwrap_or_else(|| name.clone());
+            storage
+                .add_operator(name.clone(), display, hash, role.clone())
+                .await
+                .map_err(|e| e.0)?;
+            crate::audit::Auditor::new(storage)
+                .record(
+                    ids::OPERATOR_CHANGED,
+                    "operator_changed",
+                    format!("action=add user={name} role={role} by=console"),
+                )
+                .await;
+            println!("added operator {name} ({role})");
+            Ok(ExitCode::SUCCESS)
+        }
+        OperatorCommand::Passwd { name, config } => {
+            let cfg = load_config(&config)?;
+            let policy = crate::policy::load_policy(&cfg.policy_dir).map_err(|e| e.to_string())?;
+            let pw = read_secret_line("new password")?;
+            check_password(&pw, policy.accounts.password_min_chars)?;
+            let hash = crate::operator::auth::hash_secret(&policy.accounts.argon2, &pw)?;
+            let storage = open_storage(&cfg)?;
+            storage
+                .set_password(name.clone(), hash)
+                .await
+                .map_err(|e| e.0)?;
+            crate::audit::Auditor::new(storage)
+                .record(
+                    ids::OPERATOR_CHANGED,
+                    "operator_changed",
+                    format!("action=passwd user={name} by=console"),
+                )
+                .await;
+            println!("password changed for {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        OperatorCommand::Disable { name, config } => {
+            let cfg = load_config(&config)?;
+            let storage = open_storage(&cfg)?;
+            storage
+                .set_disabled(name.clone(), true)
+                .await
+                .map_err(|e| e.0)?;
+            crate::audit::Auditor::new(storage)
+                .record(
+                    ids::OPERATOR_CHANGED,
+                    "operator_changed",
+                    format!("action=disable user={name} by=console"),
+                )
+                .await;
+            println!("disabled {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        OperatorCommand::List { config } => {
+            let cfg = load_config(&config)?;
+            let storage = open_storage(&cfg)?;
+            for o in storage.operators().await.map_err(|e| e.0)? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    o.username,
+                    o.role,
+                    if o.disabled { "disabled" } else { "enabled" },
+                    o.display_name
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) fn validate_username(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid username {name:?}: use 1-64 of a-z, A-Z, 0-9, '.', '_', '-'"
+        ))
+    }
+}
+
+fn check_password(pw: &Secret, min: usize) -> Result<(), String> {
+    if pw.expose().chars().count() < min {
+        return Err(format!("the password must have at least {min} characters"));
+    }
+    Ok(())
+}
+
+fn auth_string(config: PathBuf) -> Result<ExitCode, String> {
+    let cfg = load_config(&config)?;
+    let policy = crate::policy::load_policy(&cfg.policy_dir).map_err(|e| e.to_string())?;
+    let s = read_secret_line("new authentication string")?;
+    if s.expose().chars().count() < 12 {
+        return Err("the authentication string must have at least 12 characters".into());
+    }
+    let hash = crate::operator::auth::hash_secret(&policy.accounts.argon2, &s)?;
+    let path = cfg.resolve_secret_path(&cfg.auth_string_hash)?;
+    crate::sandbox::write_private(&path, format!("{hash}\n").as_bytes())?;
+    println!("authentication string hash written to {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}

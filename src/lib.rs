@@ -1,0 +1,18 @@
+//! Palisade: a live-chat server shipped as a dedicated, locked-down appliance.
+//!
+//! See `ARCHITECTURE.md` for the module map and the invariants each module keeps.
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod core;
+pub mod http;
+pub mod hub;
+pub mod logging;
+pub mod operator;
+pub mod policy;
+pub mod sandbox;
+pub mod secret;
+pub mod storage;
+pub mod tls;
+pub mod visitor;

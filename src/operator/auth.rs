@@ -1,0 +1,495 @@
+//! Operator login and sessions.
+//!
+//! Login = username + password + the server-wide authentication string. Both secrets are
+//! checked against argon2id hashes every time — also for unknown or disabled users, against
+//! a dummy hash — so every failure costs the same and looks the same. Hashing runs on the
+//! blocking pool, at most `max_concurrent_hashes` at once, with a bounded waiting line.
+//!
+//! Architecture invariant: only this module builds an [`AuthenticatedOperator`], and every
+//! operator API handler takes one.
+
+use crate::core::OperatorId;
+use crate::policy::{Argon2Policy, LoginPolicy, SessionPolicy};
+use crate::secret::Secret;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Proof that a request carries a valid, unexpired session. Only [`Auth`] builds one.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedOperator {
+    pub id: OperatorId,
+    pub username: String,
+    pub display_name: String,
+    session: [u8; 32],
+}
+
+impl AuthenticatedOperator {
+    pub fn session_hash(&self) -> [u8; 32] {
+        self.session
+    }
+}
+
+/// argon2id with explicit parameters.
+pub fn hasher(p: &Argon2Policy) -> Result<Argon2<'static>, String> {
+    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
+        .map_err(|e| format!("argon2 parameters: {e}"))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hash a secret into a PHC string (`$argon2id$v=19$m=…`).
+pub fn hash_secret(p: &Argon2Policy, secret: &Secret) -> Result<String, String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    hasher(p)?
+        .hash_password(secret.expose().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing failed: {e}"))
+}
+
+/// Check a secret against a PHC string; only argon2id hashes are accepted.
+pub fn verify_secret(phc: &str, secret: &Secret) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    if parsed.algorithm.as_str() != "argon2id" {
+        return false;
+    }
+    Argon2::default()
+        .verify_password(secret.expose().as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// SHA-256 of a bearer token (tokens are stored and looked up only by their hash).
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh 256-bit random token, base64url.
+pub fn new_token() -> Secret {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    blocked_until: Option<Instant>,
+}
+
+/// Outcome of a login attempt, as the handler needs it.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    Ok {
+        operator: AuthenticatedOperator,
+        token: Secret,
+    },
+    /// Wrong username, password, authentication string, or a disabled account — one answer.
+    Invalid { reason: &'static str },
+    /// Backoff in force for this account or source.
+    Throttled { retry_after: Duration },
+    /// Too many logins waiting for a hashing slot.
+    Busy,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    operator: OperatorId,
+    username: String,
+    display_name: String,
+    created: Instant,
+    last_seen: Instant,
+}
+
+/// What login needs to know about an account.
+#[derive(Clone)]
+pub struct AccountView {
+    pub id: OperatorId,
+    pub username: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for AccountView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountView")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct Auth {
+    auth_string_hash: String,
+    dummy_hash: String,
+    login: LoginPolicy,
+    session: SessionPolicy,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    by_account: Mutex<HashMap<String, Failures>>,
+    by_source: Mutex<HashMap<IpAddr, Failures>>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field(
+                "sessions",
+                &self.sessions.lock().map(|s| s.len()).unwrap_or(0),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Auth {
+    pub fn new(
+        auth_string_hash: String,
+        argon: &Argon2Policy,
+        login: LoginPolicy,
+        session: SessionPolicy,
+    ) -> Result<Auth, String> {
+        if PasswordHash::new(auth_string_hash.trim())
+            .map(|h| h.algorithm.as_str() != "argon2id")
+            .unwrap_or(true)
+        {
+            return Err("the authentication-string hash is not an argon2id PHC string".into());
+        }
+        let dummy = hash_secret(argon, &new_token())?;
+        Ok(Auth {
+            auth_string_hash: auth_string_hash.trim().to_string(),
+            dummy_hash: dummy,
+            slots: Arc::new(Semaphore::new(login.max_concurrent_hashes)),
+            login,
+            session,
+            waiting: AtomicUsize::new(0),
+            by_account: Mutex::new(HashMap::new()),
+            by_source: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn blocked(&self, username: &str, source: IpAddr, now: Instant) -> Option<Duration> {
+        let until = [
+            lock(&self.by_account)
+                .get(username)
+                .and_then(|f| f.blocked_until),
+            lock(&self.by_source)
+                .get(&source)
+                .and_then(|f| f.blocked_until),
+        ];
+        until
+            .into_iter()
+            .flatten()
+            .filter(|u| *u > now)
+            .max()
+            .map(|u| u - now)
+    }
+
+    fn backoff(&self, count: u32, threshold: u32) -> Option<Duration> {
+        if count < threshold {
+            return None;
+        }
+        let exp = (count - threshold).min(20);
+        let secs = self
+            .login
+            .backoff_base_secs
+            .saturating_mul(1u64 << exp)
+            .min(self.login.backoff_max_secs);
+        Some(Duration::from_secs(secs))
+    }
+
+    fn note_failure(&self, username: &str, source: IpAddr, now: Instant) {
+        let mut acc = lock(&self.by_account);
+        // Bound the table: an attacker spraying random names must not grow it without end.
+        if acc.len() > 100_000 {
+            acc.retain(|_, f| f.blocked_until.is_some_and(|u| u > now));
+        }
+        let f = acc.entry(username.to_string()).or_insert(Failures {
+            count: 0,
+            blocked_until: None,
+        });
+        f.count += 1;
+        f.blocked_until = self
+            .backoff(f.count, self.login.max_failures_per_account)
+            .map(|d| now + d);
+        drop(acc);
+        let mut src = lock(&self.by_source);
+        if src.len() > 100_000 {
+            src.retain(|_, f| f.blocked_until.is_some_and(|u| u > now));
+        }
+        let f = src.entry(source).or_insert(Failures {
+            count: 0,
+            blocked_until: None,
+        });
+        f.count += 1;
+        f.blocked_until = self
+            .backoff(f.count, self.login.max_failures_per_source)
+            .map(|d| now + d);
+    }
+
+    fn note_success(&self, username: &str, source: IpAddr) {
+        lock(&self.by_account).remove(username);
+        lock(&self.by_source).remove(&source);
+    }
+
+    /// Check the three secrets. `account` is `None` for an unknown username.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: Secret,
+        auth_string: Secret,
+        account: Option<AccountView>,
+        source: IpAddr,
+    ) -> LoginOutcome {
+        let now = Instant::now();
+        if let Some(retry_after) = self.blocked(username, source, now) {
+            return LoginOutcome::Throttled { retry_after };
+        }
+        // Bounded waiting line in front of the hashing slots.
+        if self.waiting.fetch_add(1, Ordering::SeqCst)
+            >= self.login.max_waiting_logins + self.login.max_concurrent_hashes
+        {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return LoginOutcome::Busy;
+        }
+        let permit = self.slots.clone().acquire_owned().await;
+        let phc = account
+            .as_ref()
+            .map(|a| a.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let string_hash = self.auth_string_hash.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // Both checks always run: the answer and its cost do not depend on which failed.
+            let pw_ok = verify_secret(&phc, &password);
+            let str_ok = verify_secret(&string_hash, &auth_string);
+            (pw_ok, str_ok)
+        })
+        .await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let (pw_ok, str_ok) = checked.unwrap_or((false, false));
+        let reason = match (&account, pw_ok, str_ok) {
+            (None, _, _) => Some("unknown_user"),
+            (Some(a), _, _) if a.disabled => Some("disabled"),
+            (Some(_), false, _) => Some("bad_password"),
+            (Some(_), true, false) => Some("bad_auth_string"),
+            (Some(_), true, true) => None,
+        };
+        match (reason, account) {
+            (None, Some(a)) => {
+                self.note_success(username, source);
+                let token = new_token();
+                let hash = token_hash(token.expose());
+                let now = Instant::now();
+                lock(&self.sessions).insert(
+                    hash,
+                    Session {
+                        operator: a.id,
+                        username: a.username.clone(),
+                        display_name: a.display_name.clone(),
+                        created: now,
+                        last_seen: now,
+                    },
+                );
+                LoginOutcome::Ok {
+                    operator: AuthenticatedOperator {
+                        id: a.id,
+                        username: a.username,
+                        display_name: a.display_name,
+                        session: hash,
+                    },
+                    token,
+                }
+            }
+            (reason, _) => {
+                self.note_failure(username, source, Instant::now());
+                LoginOutcome::Invalid {
+                    reason: reason.unwrap_or("unknown_user"),
+                }
+            }
+        }
+    }
+
+    /// Look up a session token. `touch` refreshes the idle timer.
+    pub fn session(&self, token: &str, touch: bool) -> Option<AuthenticatedOperator> {
+        let hash = token_hash(token);
+        let now = Instant::now();
+        let mut map = lock(&self.sessions);
+        let s = map.get_mut(&hash)?;
+        let idle = Duration::from_secs(self.session.idle_timeout_secs);
+        let absolute = Duration::from_secs(self.session.absolute_timeout_secs);
+        if now.duration_since(s.last_seen) > idle || now.duration_since(s.created) > absolute {
+            map.remove(&hash);
+            return None;
+        }
+        if touch {
+            s.last_seen = now;
+        }
+        Some(AuthenticatedOperator {
+            id: s.operator,
+            username: s.username.clone(),
+            display_name: s.display_name.clone(),
+            session: hash,
+        })
+    }
+
+    /// Is this session (by hash) still valid? Used by open event streams.
+    pub fn session_alive(&self, hash: &[u8; 32]) -> bool {
+        let now = Instant::now();
+        let map = lock(&self.sessions);
+        map.get(hash).is_some_and(|s| {
+            now.duration_since(s.last_seen) <= Duration::from_secs(self.session.idle_timeout_secs)
+                && now.duration_since(s.created)
+                    <= Duration::from_secs(self.session.absolute_timeout_secs)
+        })
+    }
+
+    pub fn end_session(&self, hash: &[u8; 32]) {
+        lock(&self.sessions).remove(hash);
+    }
+
+    /// End every session of an operator (password change, disable).
+    pub fn end_sessions_of(&self, op: OperatorId) -> usize {
+        let mut map = lock(&self.sessions);
+        let before = map.len();
+        map.retain(|_, s| s.operator != op);
+        before - map.len()
+    }
+
+    pub fn cookie_max_age(&self) -> u64 {
+        self.session.absolute_timeout_secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> (Argon2Policy, LoginPolicy, SessionPolicy) {
+        (
+            Argon2Policy {
+                memory_kib: 19456,
+                iterations: 2,
+                parallelism: 1,
+            },
+            LoginPolicy {
+                max_failures_per_account: 3,
+                max_failures_per_source: 100,
+                backoff_base_secs: 60,
+                backoff_max_secs: 600,
+                max_concurrent_hashes: 2,
+                max_waiting_logins: 8,
+            },
+            SessionPolicy {
+                idle_timeout_secs: 600,
+                absolute_timeout_secs: 3600,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn wrong_string_and_wrong_password_look_alike_and_backoff_engages() {
+        let (a, l, s) = policy();
+        let string = Secret::new("the-string".into());
+        let auth = Auth::new(hash_secret(&a, &string).unwrap(), &a, l, s).unwrap();
+        let account = AccountView {
+            id: OperatorId(1),
+            username: "ann".into(),
+            display_name: "Ann".into(),
+            password_hash: hash_secret(&a, &Secret::new("pw-ann-123".into())).unwrap(),
+            disabled: false,
+        };
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let ok = auth
+            .login(
+                "ann",
+                Secret::new("pw-ann-123".into()),
+                string.clone(),
+                Some(account.clone()),
+                src,
+            )
+            .await;
+        let LoginOutcome::Ok { token, .. } = ok else {
+            panic!("{ok:?}")
+        };
+        assert!(auth.session(token.expose(), true).is_some());
+        let bad_string = auth
+            .login(
+                "ann",
+                Secret::new("pw-ann-123".into()),
+                Secret::new("nope".into()),
+                Some(account.clone()),
+                src,
+            )
+            .await;
+        assert!(matches!(
+            bad_string,
+            LoginOutcome::Invalid {
+                reason: "bad_auth_string"
+            }
+        ));
+        let bad_pw = auth
+            .login(
+                "ann",
+                Secret::new("nope".into()),
+                string.clone(),
+                Some(account.clone()),
+                src,
+            )
+            .await;
+        assert!(matches!(
+            bad_pw,
+            LoginOutcome::Invalid {
+                reason: "bad_password"
+            }
+        ));
+        let unknown = auth
+            .login("bob", Secret::new("x".into()), string.clone(), None, src)
+            .await;
+        assert!(matches!(
+            unknown,
+            LoginOutcome::Invalid {
+                reason: "unknown_user"
+            }
+        ));
+        // Third failure for "ann" reaches the threshold: even the right secrets now wait.
+        let _ = auth
+            .login(
+                "ann",
+                Secret::new("nope".into()),
+                string.clone(),
+                Some(account.clone()),
+                src,
+            )
+            .await;
+        let locked = auth
+            .login(
+                "ann",
+                Secret::new("pw-ann-123".into()),
+                string.clone(),
+                Some(account),
+                src,
+            )
+            .await;
+        assert!(
+            matches!(locked, LoginOutcome::Throttled { .. }),
+            "{locked:?}"
+        );
+        assert_eq!(auth.end_sessions_of(OperatorId(1)), 1);
+        assert!(auth.session(token.expose(), false).is_none());
+    }
+}

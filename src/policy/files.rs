@@ -1,0 +1,655 @@
+//! The policy files: their schema, strict parsing and semantic checks.
+
+use super::{PolicyError, PolicyErrors};
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The policy files, in the order they are read and hashed.
+pub const POLICY_FILES: [&str; 5] = [
+    "network.toml",
+    "tls.toml",
+    "accounts.toml",
+    "visitor.toml",
+    "retention.toml",
+];
+
+/// argon2id floor (OWASP password storage cheat sheet).
+pub const ARGON2_MIN_MEMORY_KIB: u32 = 19456;
+pub const ARGON2_MIN_ITERATIONS: u32 = 2;
+
+/// The whole checked policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub network: NetworkPolicy,
+    pub tls: TlsPolicy,
+    pub accounts: AccountsPolicy,
+    pub visitor: VisitorPolicy,
+    pub retention: RetentionPolicy,
+    /// Operator allowlist, parsed and canonical.
+    #[serde(skip)]
+    pub operator_allow: Vec<IpNet>,
+    /// Trusted proxies, parsed and canonical.
+    #[serde(skip)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// SHA-256 over the policy files (name and bytes, in `POLICY_FILES` order), hex.
+    pub sha256: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    pub visitor: VisitorNet,
+    pub operator: OperatorNet,
+    #[serde(default)]
+    pub proxies: ProxyNet,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorNet {
+    /// Addresses the visitor listener binds when not socket-activated.
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorNet {
+    /// Addresses the operator listener binds when not socket-activated.
+    pub listen: Vec<SocketAddr>,
+    /// Source networks admitted to the operator listener.
+    pub allow: Vec<String>,
+    /// Most operator connections open at once.
+    #[serde(default = "default_operator_connections")]
+    pub max_connections: usize,
+}
+
+fn default_operator_connections() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyNet {
+    /// Proxies whose forwarding headers are believed. None by default.
+    #[serde(default)]
+    pub trusted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPolicy {
+    pub visitor: VisitorTls,
+    pub operator: OperatorTls,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorTls {
+    /// PEM certificate chain (leaf first): path relative to the policy dir, or absolute.
+    pub certificate: String,
+    /// PEM private key: path or `credential:NAME`.
+    pub key: String,
+    /// Allowed SPKI pins of the served leaf, `sha256/BASE64`; include a backup pin.
+    pub pins: Vec<String>,
+    /// Lowest TLS version offered to visitors: "1.2" or "1.3".
+    #[serde(default = "default_min_version")]
+    pub min_version: String,
+}
+
+fn default_min_version() -> String {
+    "1.2".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorTls {
+    pub certificate: String,
+    pub key: String,
+    pub pins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsPolicy {
+    pub argon2: Argon2Policy,
+    pub login: LoginPolicy,
+    pub session: SessionPolicy,
+    /// Shortest password `palisade operator add/passwd` accepts.
+    pub password_min_chars: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2Policy {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginPolicy {
+    /// Failures for one username before backoff starts.
+    pub max_failures_per_account: u32,
+    /// Failures from one source address before backoff starts.
+    pub max_failures_per_source: u32,
+    /// First backoff delay in seconds; doubles with every further failure.
+    pub backoff_base_secs: u64,
+    /// Longest backoff delay in seconds.
+    pub backoff_max_secs: u64,
+    /// argon2 hashes computed at once (each costs `memory_kib`).
+    pub max_concurrent_hashes: usize,
+    /// Logins allowed to wait for a hashing slot; more are refused at once (429).
+    pub max_waiting_logins: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPolicy {
+    pub idle_timeout_secs: u64,
+    pub absolute_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorPolicy {
+    /// Origins allowed to embed the chat page (CSP frame-ancestors).
+    pub frame_ancestors: Vec<String>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Longest chat message, in characters.
+    pub max_message_chars: usize,
+    /// Longest name / email / question, in characters.
+    pub max_field_chars: usize,
+    /// Messages one visitor may send per minute.
+    pub messages_per_minute: u32,
+    /// Chats one source address may start per hour.
+    pub chats_per_hour_per_source: u32,
+    /// Most visitor connections open at once.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    pub transcripts_days: u32,
+    pub visitor_tracking_days: u32,
+    pub audit_days: u32,
+}
+
+struct Source {
+    name: &'static str,
+    text: String,
+}
+
+impl Source {
+    fn err(&self, section: &str, key: &str, message: impl Into<String>) -> PolicyError {
+        let (line, column) = locate(&self.text, section, key);
+        let full = if section.is_empty() {
+            key.to_string()
+        } else {
+            format!("{section}.{key}")
+        };
+        PolicyError {
+            file: self.name.to_string(),
+            line,
+            column,
+            key: full,
+            message: message.into(),
+        }
+    }
+}
+
+/// Find the line and column of `key` inside `[section]` (1-based); (1, 1) if absent.
+fn locate(text: &str, section: &str, key: &str) -> (usize, usize) {
+    let mut current = String::new();
+    let mut section_line = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start();
+        if let Some(rest) = line.strip_prefix('[') {
+            current = rest.trim_end().trim_end_matches(']').trim().to_string();
+            if current == section {
+                section_line = Some(i + 1);
+            }
+            continue;
+        }
+        if current == section {
+            if let Some(after) = line.strip_prefix(key) {
+                if after.trim_start().starts_with('=') {
+                    return (i + 1, raw.len() - line.len() + 1);
+                }
+            }
+        }
+    }
+    (section_line.unwrap_or(1), 1)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn parse<T: DeserializeOwned>(src: &Source, errors: &mut Vec<PolicyError>) -> Option<T> {
+    match toml::from_str::<T>(&src.text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(&src.text, s.start))
+                .unwrap_or((1, 1));
+            let message = e.message().trim().to_string();
+            // serde names the offending key inside the message for unknown/missing fields.
+            let key = key_at(&src.text, e.span().map(|s| s.start)).unwrap_or_else(|| "-".into());
+            errors.push(PolicyError {
+                file: src.name.to_string(),
+                line,
+                column,
+                key,
+                message,
+            });
+            None
+        }
+    }
+}
+
+/// The dotted key at a byte offset: `[section]` above plus the `key =` on that line.
+fn key_at(text: &str, offset: Option<usize>) -> Option<String> {
+    let offset = offset?;
+    let mut section = String::new();
+    let mut pos = 0;
+    for raw in text.split_inclusive('\n') {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            section = rest.trim_end_matches(']').trim().to_string();
+        }
+        if offset < pos + raw.len() {
+            let key = line
+                .split('=')
+                .next()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'));
+            return Some(match (section.is_empty(), key) {
+                (_, None) => section,
+                (true, Some(k)) => k.to_string(),
+                (false, Some(k)) => format!("{section}.{k}"),
+            });
+        }
+        pos += raw.len();
+    }
+    None
+}
+
+/// Parse a CIDR strictly: host bits must be clear, and the address is kept canonical.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net = IpNet::from_str(s.trim()).map_err(|_| format!("{s:?} is not a CIDR network"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Is this pin well-formed (`sha256/` + base64 of 32 bytes)?
+pub fn pin_is_well_formed(pin: &str) -> bool {
+    use base64::Engine;
+    pin.strip_prefix("sha256/")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|d| d.len() == 32)
+}
+
+fn read_sources(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<Source> {
+    let mut out = Vec::new();
+    for name in POLICY_FILES {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => out.push(Source { name, text }),
+            Err(e) => {
+                errors.push(PolicyError {
+                    file: name.to_string(),
+                    line: 1,
+                    column: 1,
+                    key: "-".into(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                });
+                out.push(Source {
+                    name,
+                    text: String::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Load and check every policy file in `dir`; all problems are reported together.
+pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
+    let mut errors = Vec::new();
+    let sources = read_sources(dir, &mut errors);
+    let failed_reads = errors.len();
+    let mut hasher = Sha256::new();
+    for s in &sources {
+        hasher.update(s.name.as_bytes());
+        hasher.update([0u8]);
+        hasher.update((s.text.len() as u64).to_be_bytes());
+        hasher.update(s.text.as_bytes());
+    }
+    let sha256 = hex(&hasher.finalize());
+    let [net_src, tls_src, acc_src, vis_src, ret_src] = &sources[..] else {
+        unreachable!("five policy files")
+    };
+    let network: Option<NetworkPolicy> = if net_src.text.is_empty() && failed_reads > 0 {
+        None
+    } else {
+        parse(net_src, &mut errors)
+    };
+    let tls: Option<TlsPolicy> = parse(tls_src, &mut errors);
+    let accounts: Option<AccountsPolicy> = parse(acc_src, &mut errors);
+    let visitor: Option<VisitorPolicy> = parse(vis_src, &mut errors);
+    let retention: Option<RetentionPolicy> = parse(ret_src, &mut errors);
+
+    let mut operator_allow = Vec::new();
+    let mut trusted_proxies = Vec::new();
+    if let Some(n) = &network {
+        check_network(
+            net_src,
+            n,
+            &mut operator_allow,
+            &mut trusted_proxies,
+            &mut errors,
+        );
+    }
+    if let Some(t) = &tls {
+        check_tls(tls_src, t, &mut errors);
+    }
+    if let Some(a) = &accounts {
+        check_accounts(acc_src, a, &mut errors);
+    }
+    if let Some(v) = &visitor {
+        check_visitor(vis_src, v, &mut errors);
+    }
+    if let Some(r) = &retention {
+        for (key, v) in [
+            ("transcripts_days", r.transcripts_days),
+            ("visitor_tracking_days", r.visitor_tracking_days),
+            ("audit_days", r.audit_days),
+        ] {
+            if !(1..=3650).contains(&v) {
+                errors.push(ret_src.err("", key, format!("{v} is outside 1..=3650")));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PolicyErrors(errors));
+    }
+    match (network, tls, accounts, visitor, retention) {
+        (Some(network), Some(tls), Some(accounts), Some(visitor), Some(retention)) => Ok(Policy {
+            network,
+            tls,
+            accounts,
+            visitor,
+            retention,
+            operator_allow,
+            trusted_proxies,
+            sha256,
+            dir: dir.to_path_buf(),
+        }),
+        _ => Err(PolicyErrors(errors)),
+    }
+}
+
+fn check_network(
+    src: &Source,
+    n: &NetworkPolicy,
+    allow: &mut Vec<IpNet>,
+    proxies: &mut Vec<IpNet>,
+    errors: &mut Vec<PolicyError>,
+) {
+    if n.visitor.listen.is_empty() {
+        errors.push(src.err("visitor", "listen", "at least one address is required"));
+    }
+    if n.operator.listen.is_empty() {
+        errors.push(src.err("operator", "listen", "at least one address is required"));
+    }
+    if n.operator.allow.is_empty() {
+        errors.push(src.err(
+            "operator",
+            "allow",
+            "the operator allowlist is empty: no operator could log in",
+        ));
+    }
+    for a in &n.operator.allow {
+        match parse_cidr(a) {
+            Ok(net) if net.prefix_len() == 0 => errors.push(src.err(
+                "operator",
+                "allow",
+                format!("{a:?} admits every address; list the operators' subnets"),
+            )),
+            Ok(IpNet::V6(v6))
+                if v6.prefix_len() <= 96
+                    && ipnet::Ipv6Net::new(
+                        std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+                        96,
+                    )
+                    .is_ok_and(|m| m.contains(&v6.network())) =>
+            {
+                errors.push(src.err(
+                    "operator",
+                    "allow",
+                    format!("{a:?} admits every IPv4 address through IPv4-mapped IPv6"),
+                ))
+            }
+            Ok(net) => allow.push(net),
+            Err(e) => errors.push(src.err("operator", "allow", e)),
+        }
+    }
+    for p in &n.proxies.trusted {
+        match parse_cidr(p) {
+            Ok(net) => proxies.push(net),
+            Err(e) => errors.push(src.err("proxies", "trusted", e)),
+        }
+    }
+    for o in &n.operator.listen {
+        if o.ip().is_unspecified() {
+            errors.push(src.err(
+                "operator",
+                "listen",
+                format!("{o} is a wildcard address; bind the internal interface's address"),
+            ));
+        }
+        for v in &n.visitor.listen {
+            if o.ip() == v.ip() && o.port() == v.port() && o.port() != 0 {
+                errors.push(src.err(
+                    "operator",
+                    "listen",
+                    format!("{o} is also the visitor listener's address"),
+                ));
+            }
+        }
+    }
+    if n.operator.max_connections == 0 || n.operator.max_connections > 10_000 {
+        errors.push(src.err("operator", "max_connections", "must be within 1..=10000"));
+    }
+}
+
+fn check_pins(src: &Source, section: &str, pins: &[String], errors: &mut Vec<PolicyError>) {
+    if pins.is_empty() {
+        errors.push(src.err(section, "pins", "at least one pin is required"));
+    }
+    for p in pins {
+        if !pin_is_well_formed(p) {
+            errors.push(src.err(
+                section,
+                "pins",
+                format!("{p:?} is not a pin of the form sha256/BASE64 (32 bytes)"),
+            ));
+        }
+    }
+}
+
+fn check_tls(src: &Source, t: &TlsPolicy, errors: &mut Vec<PolicyError>) {
+    check_pins(src, "visitor", &t.visitor.pins, errors);
+    check_pins(src, "operator", &t.operator.pins, errors);
+    if !["1.2", "1.3"].contains(&t.visitor.min_version.as_str()) {
+        errors.push(src.err(
+            "visitor",
+            "min_version",
+            format!("{:?} is not \"1.2\" or \"1.3\"", t.visitor.min_version),
+        ));
+    }
+}
+
+fn check_accounts(src: &Source, a: &AccountsPolicy, errors: &mut Vec<PolicyError>) {
+    if a.argon2.memory_kib < ARGON2_MIN_MEMORY_KIB || a.argon2.memory_kib > 4 * 1024 * 1024 {
+        errors.push(src.err(
+            "argon2",
+            "memory_kib",
+            format!(
+                "{} is outside {ARGON2_MIN_MEMORY_KIB}..=4194304",
+                a.argon2.memory_kib
+            ),
+        ));
+    }
+    if a.argon2.iterations < ARGON2_MIN_ITERATIONS || a.argon2.iterations > 100 {
+        errors.push(src.err(
+            "argon2",
+            "iterations",
+            format!(
+                "{} is outside {ARGON2_MIN_ITERATIONS}..=100",
+                a.argon2.iterations
+            ),
+        ));
+    }
+    if !(1..=16).contains(&a.argon2.parallelism) {
+        errors.push(src.err("argon2", "parallelism", "must be within 1..=16"));
+    }
+    let l = &a.login;
+    if !(1..=100).contains(&l.max_failures_per_account) {
+        errors.push(src.err(
+            "login",
+            "max_failures_per_account",
+            "must be within 1..=100",
+        ));
+    }
+    if !(1..=10_000).contains(&l.max_failures_per_source) {
+        errors.push(src.err(
+            "login",
+            "max_failures_per_source",
+            "must be within 1..=10000",
+        ));
+    }
+    if !(1..=3600).contains(&l.backoff_base_secs) {
+        errors.push(src.err("login", "backoff_base_secs", "must be within 1..=3600"));
+    }
+    if l.backoff_max_secs < l.backoff_base_secs || l.backoff_max_secs > 86_400 {
+        errors.push(src.err(
+            "login",
+            "backoff_max_secs",
+            "must be within backoff_base_secs..=86400",
+        ));
+    }
+    if !(1..=64).contains(&l.max_concurrent_hashes) {
+        errors.push(src.err("login", "max_concurrent_hashes", "must be within 1..=64"));
+    }
+    if l.max_waiting_logins > 10_000 {
+        errors.push(src.err("login", "max_waiting_logins", "must be within 0..=10000"));
+    }
+    let s = &a.session;
+    if !(60..=86_400).contains(&s.idle_timeout_secs) {
+        errors.push(src.err("session", "idle_timeout_secs", "must be within 60..=86400"));
+    }
+    if s.absolute_timeout_secs < s.idle_timeout_secs || s.absolute_timeout_secs > 7 * 86_400 {
+        errors.push(src.err(
+            "session",
+            "absolute_timeout_secs",
+            "must be within idle_timeout_secs..=604800",
+        ));
+    }
+    if !(8..=1024).contains(&a.password_min_chars) {
+        errors.push(src.err("", "password_min_chars", "must be within 8..=1024"));
+    }
+}
+
+fn check_visitor(src: &Source, v: &VisitorPolicy, errors: &mut Vec<PolicyError>) {
+    for o in &v.frame_ancestors {
+        let ok = (o.starts_with("https://") || o.starts_with("http://"))
+            && !o.contains('*')
+            && !o.contains(char::is_whitespace)
+            && !o.contains(';')
+            && !o.contains(',')
+            && !o.contains('\'')
+            && o.matches('/').count() == 2;
+        if !ok {
+            errors.push(src.err(
+                "",
+                "frame_ancestors",
+                format!(
+                    "{o:?} is not an origin like https://www.example.com (no wildcards, no path)"
+                ),
+            ));
+        }
+    }
+    if !(1024..=1_048_576).contains(&v.max_body_bytes) {
+        errors.push(src.err("", "max_body_bytes", "must be within 1024..=1048576"));
+    }
+    if !(1..=100_000).contains(&v.max_message_chars) {
+        errors.push(src.err("", "max_message_chars", "must be within 1..=100000"));
+    }
+    if !(1..=10_000).contains(&v.max_field_chars) {
+        errors.push(src.err("", "max_field_chars", "must be within 1..=10000"));
+    }
+    if !(1..=10_000).contains(&v.messages_per_minute) {
+        errors.push(src.err("", "messages_per_minute", "must be within 1..=10000"));
+    }
+    if !(1..=100_000).contains(&v.chats_per_hour_per_source) {
+        errors.push(src.err("", "chats_per_hour_per_source", "must be within 1..=100000"));
+    }
+    if !(1..=100_000).contains(&v.max_connections) {
+        errors.push(src.err("", "max_connections", "must be within 1..=100000"));
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_with_host_bits_is_refused() {
+        assert!(parse_cidr("10.20.3.4/16")
+            .unwrap_err()
+            .contains("10.20.0.0/16"));
+        assert!(parse_cidr("10.20.0.0/16").is_ok());
+        assert!(parse_cidr("2001:db8::1/32").is_err());
+    }
+
+    #[test]
+    fn locate_finds_keys_inside_sections() {
+        let t = "# c\n[a]\nx = 1\n[b]\n  x = 2\n";
+        assert_eq!(locate(t, "b", "x"), (5, 3));
+        assert_eq!(locate(t, "a", "x"), (3, 1));
+        assert_eq!(locate(t, "b", "y"), (4, 1));
+    }
+
+    #[test]
+    fn pins_are_checked_for_form() {
+        assert!(pin_is_well_formed(
+            "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        ));
+        assert!(!pin_is_well_formed("sha256/AAAA"));
+        assert!(!pin_is_well_formed("md5/AAAA"));
+    }
+}
