@@ -29,6 +29,7 @@
     viewPrechat: $('view-prechat'),
     viewChat: $('view-chat'),
     form: $('prechat-form'),
+    heading: $('prechat-heading'),
     intro: $('prechat-intro'),
     name: $('f-name'),
     email: $('f-email'),
@@ -206,6 +207,7 @@
     if (!state.token || state.ended) {
       setText(el.sub, online ? 'We are online' : 'We are away right now');
     }
+    setText(el.heading, online ? 'Chat with us' : 'Leave us a message');
     if (online) {
       setText(el.intro, 'Tell us who you are and what you need; an operator will be with you shortly.');
       setText(el.startBtn, 'Start chat');
@@ -216,18 +218,28 @@
     postToParent({ type: 'status', online: online });
   }
 
+  // The pre-chat fields come from policy (visitor.toml): [{name, label, required}] or names.
   function applyFields(fields) {
     if (!Array.isArray(fields) || fields.length === 0) { return; }
-    var names = [];
+    var byName = {};
     fields.forEach(function (f) {
-      if (typeof f === 'string') { names.push(f); } else if (f && typeof f === 'object') {
-        var n = f.name || f.id || f.key;
-        if (typeof n === 'string') { names.push(n); }
+      if (typeof f === 'string') {
+        byName[f] = {};
+      } else if (f && typeof f === 'object' && typeof f.name === 'string') {
+        byName[f.name] = f;
       }
     });
-    if (names.indexOf('name') !== -1 && names.indexOf('email') === -1) {
-      el.emailField.hidden = true;
-    }
+    if (!byName.name) { return; } // not a list we understand: keep the defaults
+    var labels = { name: 'f-name', email: 'f-email', question: 'f-question' };
+    Object.keys(labels).forEach(function (key) {
+      var f = byName[key];
+      var label = document.querySelector('label[for="' + labels[key] + '"]');
+      if (f && typeof f.label === 'string' && f.label && label) {
+        setText(label, f.label); // policy text, still set as text only
+      }
+    });
+    el.emailField.hidden = !byName.email;
+    el.email.required = !!(byName.email && byName.email.required === true);
   }
 
   function refreshStatus() {
@@ -635,6 +647,11 @@
     if (!question) {
       showError(el.prechatError, 'Please enter your question.');
       el.question.focus();
+      return;
+    }
+    if (!email && el.email.required && !el.emailField.hidden) {
+      showError(el.prechatError, 'Please enter your email address.');
+      el.email.focus();
       return;
     }
     if (email && !el.emailField.hidden && !el.email.checkValidity()) {

@@ -208,11 +208,6 @@ pub fn verify(config: &Config) -> Result<Verified, StartError> {
                 match load_pinned(&cert_path, &key_path, pins) {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::error!(
-                            MESSAGE_ID = ids::PIN_REFUSED,
-                            SIDE = side,
-                            "{side} certificate refused: {e}"
-                        );
                         problems.push(format!("{side} certificate {}: {e}", cert_path.display()));
                         None
                     }

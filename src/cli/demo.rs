@@ -236,7 +236,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         &crate::tls::load_pinned(
             &certs.join("visitor.pem"),
             &certs.join("visitor.key"),
-            &[vc.pin.clone()],
+            std::slice::from_ref(&vc.pin),
         )
         .map_err(|e| e.to_string())?,
         "1.2",

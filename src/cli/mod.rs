@@ -177,7 +177,14 @@ async fn serve(config: PathBuf) -> Result<ExitCode, String> {
     let cfg = load_config(&config)?;
     let activated = crate::sandbox::activation::take_listeners()?;
     let verified: Verified = app::verify(&cfg).map_err(|e| {
-        tracing::error!(MESSAGE_ID = ids::STARTUP_REFUSED, "refusing to start: {e}");
+        for line in &e.0 {
+            let id = if line.contains(" certificate ") {
+                ids::PIN_REFUSED
+            } else {
+                ids::STARTUP_REFUSED
+            };
+            tracing::error!(MESSAGE_ID = id, "refusing to start: {line}");
+        }
         e.to_string()
     })?;
     let running = app::start(&cfg, verified, activated).await.map_err(|e| {

@@ -202,19 +202,28 @@ pub fn operator_server_config(cert: &PinnedCertificate) -> Result<Arc<ServerConf
 /// A client config that accepts exactly the server keys whose pins are given (used by
 /// `palisade op` and the tests; no CA is involved, the pin is the trust anchor).
 pub fn pinned_client_config(pins: Vec<String>) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(provider());
+    pinned_client_config_with(pins, provider(), &[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported by ring")
+}
+
+/// [`pinned_client_config`] with a chosen provider (cipher suites) and protocol versions.
+pub fn pinned_client_config_with(
+    pins: Vec<String>,
+    provider: CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(provider);
     let verifier = Arc::new(PinVerifier {
         pins,
         provider: provider.clone(),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3 is supported by ring")
+        .with_protocol_versions(versions)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
+    Ok(Arc::new(cfg))
 }
 
 #[derive(Debug)]
