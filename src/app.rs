@@ -20,15 +20,37 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+/// What a reload swaps: the policy and everything built from it.
+#[derive(Clone)]
+pub struct Live {
+    pub policy: Arc<Policy>,
+    pub visitor_tls: TlsAcceptor,
+    pub operator_tls: TlsAcceptor,
+    pub allowlist: Arc<Allowlist>,
+    pub visitor_pin: String,
+    pub operator_pin: String,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("policy", &self.policy.sha256)
+            .field("visitor_pin", &self.visitor_pin)
+            .field("operator_pin", &self.operator_pin)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Shared state of a running daemon.
 pub struct App {
-    pub policy: Arc<Policy>,
+    live: RwLock<Live>,
+    pub config: Config,
     pub storage: Storage,
     pub audit: Auditor,
     pub core: Mutex<ChatCore>,
@@ -36,16 +58,139 @@ pub struct App {
     pub auth: Auth,
     pub limits: Limits,
     pub stats: Stats,
-    /// Operators' display names, by id (for events authored by operators).
     pub started: Instant,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
-            .field("policy", &self.policy.sha256)
+            .field("policy", &self.policy().sha256)
             .finish_non_exhaustive()
     }
+}
+
+impl App {
+    /// The policy in force now (a reload may replace it at any time).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.live().policy
+    }
+
+    /// The whole live configuration.
+    pub fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn build_live(v: &Verified, policy: Arc<Policy>) -> Result<Live, String> {
+    let visitor_tls =
+        crate::tls::visitor_server_config(&v.visitor_cert, &policy.tls.visitor.min_version)?;
+    let operator_tls = crate::tls::operator_server_config(&v.operator_cert)?;
+    Ok(Live {
+        allowlist: Arc::new(Allowlist::new(policy.operator_allow.clone())),
+        visitor_tls: TlsAcceptor::from(visitor_tls),
+        operator_tls: TlsAcceptor::from(operator_tls),
+        visitor_pin: v.visitor_cert.pin().to_string(),
+        operator_pin: v.operator_cert.pin().to_string(),
+        policy,
+    })
+}
+
+/// Log the policy that is now in force: its hash, the pins, and every override.
+async fn announce_policy(app: &App, live: &Live) {
+    let p = &live.policy;
+    app.audit
+        .record(
+            ids::POLICY_LOADED,
+            "policy_loaded",
+            format!("dir={} sha256={}", p.dir.display(), p.sha256),
+        )
+        .await;
+    for o in &p.overrides_in_force {
+        tracing::warn!(
+            MESSAGE_ID = ids::POLICY_OVERRIDE,
+            "dangerous value accepted by override: {o}"
+        );
+        app.audit
+            .record(ids::POLICY_OVERRIDE, "policy_override", o.clone())
+            .await;
+    }
+    for (side, pin) in [
+        ("visitor", &live.visitor_pin),
+        ("operator", &live.operator_pin),
+    ] {
+        app.audit
+            .record(
+                ids::PIN_VERIFIED,
+                "pin_verified",
+                format!("side={side} pin={pin}"),
+            )
+            .await;
+    }
+}
+
+/// Re-read policy and certificates (SIGHUP). A policy or certificate that fails any check
+/// leaves the running configuration in place; a good one applies to new connections
+/// without touching established chats. Returns the problems when the reload was refused.
+pub async fn reload(app: &App) -> Result<(), Vec<String>> {
+    let refuse = |problems: Vec<String>| async {
+        for p in &problems {
+            tracing::error!(
+                MESSAGE_ID = ids::POLICY_RELOAD_REFUSED,
+                "reload refused, old configuration kept: {p}"
+            );
+        }
+        app.audit
+            .record(
+                ids::POLICY_RELOAD_REFUSED,
+                "policy_reload_refused",
+                format!(
+                    "problems={} first={}",
+                    problems.len(),
+                    problems.first().map(String::as_str).unwrap_or("")
+                ),
+            )
+            .await;
+        Err(problems)
+    };
+    let config = match Config::load(&app.config.path) {
+        Ok(c) => c,
+        Err(e) => return refuse(vec![e]).await,
+    };
+    let verified = match verify(&config) {
+        Ok(v) => v,
+        Err(e) => return refuse(e.0).await,
+    };
+    let old = app.policy();
+    let mut notes = Vec::new();
+    if verified.policy.network.visitor.listen != old.network.visitor.listen
+        || verified.policy.network.operator.listen != old.network.operator.listen
+    {
+        notes.push("listen addresses changed: they take effect at the next restart".to_string());
+    }
+    if config.state_dir != app.config.state_dir || config.data_key != app.config.data_key {
+        return refuse(vec![
+            "state_dir or data_key changed: these need a restart".to_string()
+        ])
+        .await;
+    }
+    let policy = Arc::new(verified.policy.clone());
+    let live = match build_live(&verified, policy.clone()) {
+        Ok(l) => l,
+        Err(e) => return refuse(vec![e]).await,
+    };
+    if let Err(e) = app.auth.update(
+        verified.auth_string_hash.clone(),
+        policy.accounts.login.clone(),
+        policy.accounts.session.clone(),
+    ) {
+        return refuse(vec![e]).await;
+    }
+    *app.live.write().unwrap_or_else(|p| p.into_inner()) = live.clone();
+    for n in notes {
+        tracing::warn!("{n}");
+    }
+    announce_policy(app, &live).await;
+    Ok(())
 }
 
 /// Counters for health and the journal.
@@ -121,7 +266,7 @@ pub struct Verified {
     pub auth_string_hash: String,
 }
 
-fn read_data_key(path: &Path) -> Result<SecretKey, String> {
+pub fn read_data_key(path: &Path) -> Result<SecretKey, String> {
     let raw = std::fs::read(path)
         .map_err(|e| format!("{}: cannot read data key: {e}", path.display()))?;
     let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
@@ -237,6 +382,19 @@ pub fn verify(config: &Config) -> Result<Verified, StartError> {
             problems.push(e);
         }
     }
+    if let Some(p) = &policy {
+        let (sys, nft) = crate::policy::render::compare_installed(
+            p,
+            config.rendered_systemd_dir.as_deref(),
+            config.rendered_nftables.as_deref(),
+        );
+        if config.rendered_systemd_dir.is_some() {
+            problems.extend(sys);
+        }
+        if config.rendered_nftables.is_some() {
+            problems.extend(nft);
+        }
+    }
     match (
         policy,
         visitor_cert,
@@ -258,6 +416,72 @@ pub fn verify(config: &Config) -> Result<Verified, StartError> {
             auth_string_hash,
         }),
         _ => Err(StartError(problems)),
+    }
+}
+
+/// Purge what the retention policy says has expired, and audit the run.
+pub async fn purge_expired(
+    storage: &Storage,
+    audit: &Auditor,
+    r: &crate::policy::RetentionPolicy,
+    by: &str,
+) -> Result<crate::storage::PurgeCounts, String> {
+    let day = 86_400_000i64;
+    let now = crate::storage::now_ms();
+    let c = storage
+        .purge(
+            now - i64::from(r.transcripts_days) * day,
+            now - i64::from(r.audit_days) * day,
+        )
+        .await
+        .map_err(|e| e.0)?;
+    audit
+        .record(
+            ids::RETENTION_PURGE,
+            "retention_purge",
+            format!(
+                "chats={} events={} audit_records={} transcripts_days={} audit_days={} by={by}",
+                c.chats, c.events, c.audit_records, r.transcripts_days, r.audit_days
+            ),
+        )
+        .await;
+    Ok(c)
+}
+
+/// Hourly retention purge; the audit head goes to the journal every ten minutes.
+async fn housekeeping(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut purge = tokio::time::interval(Duration::from_secs(3600));
+    let mut head = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = purge.tick() => {
+                let policy = app.policy();
+                if let Err(e) = purge_expired(&app.storage, &app.audit, &policy.retention, "schedule").await {
+                    tracing::error!(error = %e, "retention purge failed");
+                }
+            }
+            _ = head.tick() => log_audit_head(&app).await,
+            _ = shutdown.changed() => {
+                log_audit_head(&app).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Write the audit chain's head to the journal, so a rewritten chain disagrees with it.
+pub async fn log_audit_head(app: &App) {
+    match app.storage.audit_head().await {
+        Ok(r) => tracing::info!(
+            MESSAGE_ID = ids::AUDIT_HEAD,
+            AUDIT_SEQ = r.head_seq,
+            AUDIT_HASH = %r.head_hash,
+            "audit_head: seq={} hash={}{}",
+            r.head_seq,
+            r.head_hash,
+            r.broken.map(|b| format!(" BROKEN: {b}")).unwrap_or_default()
+        ),
+        Err(e) => tracing::error!(error = %e, "audit head not readable"),
     }
 }
 
@@ -287,6 +511,11 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
         }
         .map_err(|e| format!("{a}: {e}"))?;
         sock.set_reuseaddr(true).map_err(|e| format!("{a}: {e}"))?;
+        if a.is_ipv6() {
+            // IPv6 sockets never take IPv4 too: "[::]:443" beside "0.0.0.0:443" must not clash,
+            // and an IPv6 listener never sees IPv4-mapped peers.
+            crate::sandbox::set_ipv6_only(&sock).map_err(|e| format!("{a}: {e}"))?;
+        }
         sock.bind(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
         out.push(
             sock.listen(1024)
@@ -303,29 +532,20 @@ pub async fn start(
     verified: Verified,
     mut activated: HashMap<String, Vec<std::net::TcpListener>>,
 ) -> Result<Running, StartError> {
-    let Verified {
-        policy,
-        visitor_cert,
-        operator_cert,
-        data_key,
-        auth_string_hash,
-    } = verified;
     let fail = |e: String| StartError(vec![e]);
     crate::sandbox::ensure_private_dir(&config.state_dir).map_err(fail)?;
     crate::sandbox::check_state_dir(&config.state_dir).map_err(fail)?;
     let storage =
-        Storage::open(&config.state_dir, Sealer::new(&data_key)).map_err(|e| fail(e.0))?;
+        Storage::open(&config.state_dir, Sealer::new(&verified.data_key)).map_err(|e| fail(e.0))?;
+    let policy = Arc::new(verified.policy.clone());
     let auth = Auth::new(
-        auth_string_hash,
+        verified.auth_string_hash.clone(),
         &policy.accounts.argon2,
         policy.accounts.login.clone(),
         policy.accounts.session.clone(),
     )
     .map_err(fail)?;
-    let visitor_tls =
-        crate::tls::visitor_server_config(&visitor_cert, &policy.tls.visitor.min_version)
-            .map_err(fail)?;
-    let operator_tls = crate::tls::operator_server_config(&operator_cert).map_err(fail)?;
+    let live = build_live(&verified, policy.clone()).map_err(fail)?;
 
     // Rebuild the chat core from the chats still open on disk.
     let mut core = ChatCore::new();
@@ -370,10 +590,9 @@ pub async fn start(
         .collect();
 
     let audit = Auditor::new(storage.clone());
-    let allowlist = Allowlist::new(policy.operator_allow.clone());
-    let policy = Arc::new(policy);
     let app = Arc::new(App {
-        policy: policy.clone(),
+        live: RwLock::new(live.clone()),
+        config: config.clone(),
         storage,
         audit,
         core: Mutex::new(core),
@@ -383,52 +602,29 @@ pub async fn start(
         stats: Stats::default(),
         started: Instant::now(),
     });
-    app.audit
-        .record(
-            ids::POLICY_LOADED,
-            "policy_loaded",
-            format!("dir={} sha256={}", policy.dir.display(), policy.sha256),
-        )
-        .await;
-    app.audit
-        .record(
-            ids::PIN_VERIFIED,
-            "pin_verified",
-            format!("side=visitor pin={}", visitor_cert.pin()),
-        )
-        .await;
-    app.audit
-        .record(
-            ids::PIN_VERIFIED,
-            "pin_verified",
-            format!("side=operator pin={}", operator_cert.pin()),
-        )
-        .await;
+    announce_policy(&app, &live).await;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let visitor_slots = Arc::new(Semaphore::new(policy.visitor.max_connections));
     for l in visitor_listeners {
         tokio::spawn(visitor_accept_loop(
             l,
-            TlsAcceptor::from(visitor_tls.clone()),
             app.clone(),
             visitor_slots.clone(),
             shutdown_rx.clone(),
         ));
     }
     let operator_slots = Arc::new(Semaphore::new(policy.network.operator.max_connections));
-    let allowlist = Arc::new(allowlist);
     for l in operator_listeners {
         tokio::spawn(operator_accept_loop(
             l,
-            TlsAcceptor::from(operator_tls.clone()),
-            allowlist.clone(),
             app.clone(),
             operator_slots.clone(),
             shutdown_rx.clone(),
         ));
     }
     tokio::spawn(refused_summary(app.clone(), shutdown_rx.clone()));
+    tokio::spawn(housekeeping(app.clone(), shutdown_rx.clone()));
     Ok(Running {
         app,
         visitor_addrs,
@@ -439,7 +635,6 @@ pub async fn start(
 
 async fn visitor_accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
     app: Arc<App>,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -463,7 +658,7 @@ async fn visitor_accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = app.live().visitor_tls;
         let app = app.clone();
         app.stats
             .visitor_connections
@@ -493,8 +688,6 @@ async fn visitor_accept_loop(
 
 async fn operator_accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    allowlist: Arc<Allowlist>,
     app: Arc<App>,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -513,7 +706,8 @@ async fn operator_accept_loop(
             }
         };
         // The allowlist decides before a single byte is read from the connection.
-        let allowed = match allowlist.admit(peer) {
+        let live = app.live();
+        let allowed = match live.allowlist.admit(peer) {
             Ok(a) => a,
             Err(refused) => {
                 drop(stream);
@@ -527,7 +721,7 @@ async fn operator_accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = live.operator_tls;
         let app = app.clone();
         app.stats
             .operator_connections

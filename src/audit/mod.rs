@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 use crate::storage::{Storage, StorageError};
-use sha2::{Digest, Sha256};
 
 /// Stable journal `MESSAGE_ID`s (128-bit, lowercase hex). Never reuse or change one.
 pub mod ids {
@@ -24,6 +23,12 @@ pub mod ids {
     pub const TRANSCRIPT_ACCESS: &str = "ef5c1e1519dd4a718b672dc4562d840c";
     pub const STORAGE_WRITE_FAILED: &str = "8810935d7fa1479380b8076af9154b07";
     pub const STARTUP_REFUSED: &str = "736921ca72d14113966983ab0d4ad1b5";
+    pub const POLICY_OVERRIDE: &str = "3f0c6b1f0d8a4f5c9d2e7a41b6c8e913";
+    pub const POLICY_RELOAD_REFUSED: &str = "9a7d2c4e5b1f4d8e8c3a6f0b2d4e1c77";
+    pub const AUDIT_HEAD: &str = "5d1e8f2a7c9b4e6d8a0f3c5b7e9d1a24";
+    pub const RETENTION_PURGE: &str = "b8e3c1d5f7a94b2c8e6d0f4a2c6e8b19";
+    pub const VISITOR_ERASED: &str = "c4a9e7b2d1f84c3e9b5a7d0e2f4c6a81";
+    pub const BACKUP_WRITTEN: &str = "e2d4f6a8c0b14e3d9f7a5c3e1b9d7f52";
 
     /// Every id the code emits, with its event name (kept equal to the journal catalog).
     pub const ALL: &[(&str, &str)] = &[
@@ -41,6 +46,12 @@ pub mod ids {
         (TRANSCRIPT_ACCESS, "transcript_access"),
         (STORAGE_WRITE_FAILED, "storage_write_failed"),
         (STARTUP_REFUSED, "startup_refused"),
+        (POLICY_OVERRIDE, "policy_override"),
+        (POLICY_RELOAD_REFUSED, "policy_reload_refused"),
+        (AUDIT_HEAD, "audit_head"),
+        (RETENTION_PURGE, "retention_purge"),
+        (VISITOR_ERASED, "visitor_erased"),
+        (BACKUP_WRITTEN, "backup_written"),
     ];
 }
 
@@ -50,8 +61,11 @@ pub struct Auditor {
     storage: Storage,
 }
 
-/// SHA-256 chain link: commits to the previous hash and every field of the record.
+/// Chain link: an HMAC (keyed from the data key) over the previous link and every field
+/// of the record. Without the key, a changed, inserted or reordered record cannot be given
+/// a valid link.
 pub fn link_hash(
+    sealer: &crate::storage::crypto::Sealer,
     prev: &[u8],
     seq: i64,
     ts: i64,
@@ -59,16 +73,15 @@ pub fn link_hash(
     event: &str,
     detail: &str,
 ) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(prev);
-    for part in [seq.to_be_bytes(), ts.to_be_bytes()] {
-        h.update(part);
-    }
-    for s in [message_id, event, detail] {
-        h.update((s.len() as u64).to_be_bytes());
-        h.update(s.as_bytes());
-    }
-    h.finalize().to_vec()
+    sealer.audit_mac(&[
+        b"palisade audit record v1",
+        prev,
+        &seq.to_be_bytes(),
+        &ts.to_be_bytes(),
+        message_id.as_bytes(),
+        event.as_bytes(),
+        detail.as_bytes(),
+    ])
 }
 
 impl Auditor {

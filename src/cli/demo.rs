@@ -43,7 +43,7 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
                 dir.display()
             ));
         }
-        for sub in ["policy", "certs", "secrets", "state"] {
+        for sub in ["policy", "certs", "secrets", "state", "rendered"] {
             let p = dir.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -65,6 +65,17 @@ struct DemoCert {
     backup_pin: String,
 }
 
+/// Throwaway certificates are valid from yesterday for 30 days.
+fn short_validity(p: &mut CertificateParams) {
+    let now = super::explain::unix_now();
+    let day = |offset: i64| {
+        let (y, m, d, ..) = super::explain::civil(now + offset * 86_400);
+        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
+    };
+    p.not_before = day(-1);
+    p.not_after = day(30);
+}
+
 fn issue(ca: &rcgen::Certificate, ca_key: &KeyPair, name: &str) -> Result<DemoCert, String> {
     let e = |e: rcgen::Error| format!("generating demo certificates: {e}");
     let key = KeyPair::generate().map_err(e)?;
@@ -77,6 +88,7 @@ fn issue(ca: &rcgen::Certificate, ca_key: &KeyPair, name: &str) -> Result<DemoCe
     p.distinguished_name.push(DnType::CommonName, name);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    short_validity(&mut p);
     let cert = p.signed_by(&key, ca, ca_key).map_err(e)?;
     // A spare key whose pin goes into the policy as the backup pin (never served).
     let spare = KeyPair::generate().map_err(e)?;
@@ -180,6 +192,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         .distinguished_name
         .push(DnType::CommonName, "Palisade demo CA (throwaway)");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    short_validity(&mut ca_params);
     let ca = ca_params.self_signed(&ca_key).map_err(e)?;
     let vc = issue(&ca, &ca_key, "Palisade demo visitor")?;
     let oc = issue(&ca, &ca_key, "Palisade demo operator")?;
@@ -192,6 +205,11 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
     write_policy(&dir, va, oa, &demo_origin, &vc, &oc)?;
 
     let policy = crate::policy::load_policy(&dir.join("policy")).map_err(|e| e.to_string())?;
+    crate::policy::render::write_all(
+        &policy,
+        Some(&dir.join("rendered/systemd")),
+        Some(&dir.join("rendered/palisade.nft")),
+    )?;
     let auth_string = Secret::new(random_secret(18));
     let password = Secret::new(random_secret(15));
     let secrets = dir.join("secrets");
@@ -207,7 +225,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
     let config_path = dir.join("config.toml");
     write_private(
         &config_path,
-        b"# Demo daemon configuration: where things are.\npolicy_dir = \"policy\"\nstate_dir = \"state\"\ndata_key = \"secrets/data.key\"\nauth_string_hash = \"secrets/auth-string.hash\"\n",
+        b"# Demo daemon configuration: where things are.\npolicy_dir = \"policy\"\nstate_dir = \"state\"\ndata_key = \"secrets/data.key\"\nauth_string_hash = \"secrets/auth-string.hash\"\n# Where the policy's rendered socket units and firewall rules are (compared by check).\nrendered_systemd_dir = \"rendered/systemd\"\nrendered_nftables = \"rendered/palisade.nft\"\n",
     )?;
 
     let cfg = Config::load(&config_path)?;
@@ -308,7 +326,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         "  Everything (credentials too) is in {}",
         dir.join("demo.json").display()
     );
-    super::wait_for_signal().await;
+    super::run_until_stopped(&running.app).await;
     running.shutdown();
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+pub mod explain;
 
 use crate::app::{self, Verified};
 use crate::audit::ids;
@@ -53,6 +54,92 @@ enum Command {
     },
     /// Set the server-wide authentication string (read from standard input).
     AuthString {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Auditor commands: the effective policy and its rendered artefacts.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Data retention.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Visitor data (right to erasure).
+    Visitor {
+        #[command(subcommand)]
+        command: VisitorCommand,
+    },
+    /// Write a consistent online copy of the database (still encrypted) to FILE.
+    Backup {
+        file: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// The effective policy and live PASS/FAIL checks; exits non-zero on any FAIL.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render the operator socket drop-ins and the nftables ruleset from the policy.
+    Render {
+        /// Take the policy directory from this config file.
+        #[arg(long, conflicts_with = "policy")]
+        config: Option<PathBuf>,
+        /// Or read this policy directory directly.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Write the systemd drop-ins under this unit directory.
+        #[arg(long)]
+        systemd: Option<PathBuf>,
+        /// Write the nftables ruleset to this file.
+        #[arg(long)]
+        nftables: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; report the first broken link and exit non-zero if any.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        /// A head the journal recorded (`SEQ:HEX`, from an audit_head event): the chain
+        /// must still contain it.
+        #[arg(long)]
+        head: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Purge what retention.toml says has expired, now (the daemon also does it hourly).
+    Purge {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VisitorCommand {
+    /// Erase one ended chat's visitor data and transcript.
+    Erase {
+        /// The chat id (as shown in the console and the audit log).
+        id: i64,
         #[arg(long)]
         config: PathBuf,
     },
@@ -142,7 +229,171 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Operator { command } => operator(command).await,
         Command::AuthString { config } => auth_string(config),
+        Command::Policy { command } => policy_cmd(command),
+        Command::Audit {
+            command: AuditCommand::Verify { config, head },
+        } => audit_verify(config, head),
+        Command::Retention {
+            command: RetentionCommand::Purge { config },
+        } => {
+            let cfg = load_config(&config)?;
+            let storage = open_storage(&cfg)?;
+            let policy = crate::policy::load_policy(&cfg.policy_dir).map_err(|e| e.to_string())?;
+            let c = crate::app::purge_expired(
+                &storage,
+                &crate::audit::Auditor::new(storage.clone()),
+                &policy.retention,
+                "console",
+            )
+            .await?;
+            println!(
+                "purged {} chats ({} events) and {} audit records",
+                c.chats, c.events, c.audit_records
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Visitor {
+            command: VisitorCommand::Erase { id, config },
+        } => {
+            let cfg = load_config(&config)?;
+            let storage = open_storage(&cfg)?;
+            let events = storage
+                .erase_chat(crate::core::ChatId(id))
+                .await
+                .map_err(|e| e.0)?;
+            crate::audit::Auditor::new(storage)
+                .record(
+                    ids::VISITOR_ERASED,
+                    "visitor_erased",
+                    format!("chat={id} events={events} by=console"),
+                )
+                .await;
+            println!("erased chat {id}: visitor data and {events} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { file, config } => {
+            let cfg = load_config(&config)?;
+            let storage = open_storage(&cfg)?;
+            let pages = storage.backup_to(file.clone()).await.map_err(|e| e.0)?;
+            crate::audit::Auditor::new(storage)
+                .record(
+                    ids::BACKUP_WRITTEN,
+                    "backup_written",
+                    format!("file={} pages={pages} by=console", file.display()),
+                )
+                .await;
+            println!(
+                "backup written to {} ({pages} pages, encrypted as stored)",
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn policy_cmd(cmd: PolicyCommand) -> Result<ExitCode, String> {
+    match cmd {
+        PolicyCommand::Explain { config, json } => {
+            let cfg = load_config(&config)?;
+            let (policy, checks) = explain::run_checks(&cfg);
+            let failed = checks.iter().any(|c| c.status == "FAIL");
+            if json {
+                let out = serde_json::json!({
+                    "generated": explain::utc_now(),
+                    "config": cfg.path,
+                    "policy": policy.as_ref().map(explain::effective),
+                    "checks": checks,
+                    "ok": !failed,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", explain::text_report(&cfg, policy.as_ref(), &checks));
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        PolicyCommand::Render {
+            config,
+            policy,
+            systemd,
+            nftables,
+        } => {
+            let dir = match (config, policy) {
+                (Some(c), _) => load_config(&c)?.policy_dir,
+                (None, Some(p)) => p,
+                (None, None) => return Err("give --config FILE or --policy DIR".into()),
+            };
+            if systemd.is_none() && nftables.is_none() {
+                return Err("give --systemd DIR and/or --nftables FILE".into());
+            }
+            let p = crate::policy::load_policy(&dir).map_err(|e| e.to_string())?;
+            for path in
+                crate::policy::render::write_all(&p, systemd.as_deref(), nftables.as_deref())?
+            {
+                println!("wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn audit_verify(config: PathBuf, head: Option<String>) -> Result<ExitCode, String> {
+    let cfg = load_config(&config)?;
+    let key = crate::app::read_data_key(&cfg.resolve_secret_path(&cfg.data_key)?)?;
+    let sealer = crate::storage::crypto::Sealer::new(&key);
+    let r = crate::storage::verify_audit_chain(&cfg.state_dir, &sealer).map_err(|e| e.0)?;
+    if let Some(b) = &r.broken {
+        return Err(format!("audit chain broken: {b}"));
+    }
+    if let Some(h) = head {
+        let (seq, hash) = h.split_once(':').ok_or("--head takes SEQ:HEX")?;
+        let seq: i64 = seq.parse().map_err(|_| "--head takes SEQ:HEX")?;
+        if seq > r.head_seq {
+            return Err(format!(
+                "audit chain ends at record {} but the journal recorded head {seq}: records were removed from the end",
+                r.head_seq
+            ));
+        }
+        if seq == r.head_seq && !r.head_hash.eq_ignore_ascii_case(hash) {
+            return Err(format!(
+                "audit record {seq} differs from the head the journal recorded"
+            ));
+        }
+        if seq < r.head_seq {
+            let key = crate::app::read_data_key(&cfg.resolve_secret_path(&cfg.data_key)?)?;
+            let at = crate::storage::audit_hash_at(
+                &cfg.state_dir,
+                &crate::storage::crypto::Sealer::new(&key),
+                seq,
+            )
+            .map_err(|e| e.0)?;
+            match at {
+                Some(at) if at.eq_ignore_ascii_case(hash) => {}
+                Some(_) => {
+                    return Err(format!(
+                        "audit record {seq} differs from the head the journal recorded"
+                    ))
+                }
+                None if seq <= r.anchor_seq => {}
+                None => {
+                    return Err(format!(
+                        "audit record {seq} (recorded in the journal) is missing"
+                    ))
+                }
+            }
+        }
+    }
+    println!(
+        "audit chain intact: {} records (after purged record {}), head {}:{}",
+        r.records, r.anchor_seq, r.head_seq, r.head_hash
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, String> {
@@ -209,7 +460,7 @@ async fn serve(config: PathBuf) -> Result<ExitCode, String> {
         ],
     );
     spawn_watchdog(running.app.clone());
-    wait_for_signal().await;
+    run_until_stopped(&running.app).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     running
         .app
@@ -250,18 +501,33 @@ fn spawn_watchdog(app: std::sync::Arc<app::App>) {
     });
 }
 
-pub(crate) async fn wait_for_signal() {
+/// Serve until SIGTERM or SIGINT; SIGHUP reloads policy and certificates.
+pub(crate) async fn run_until_stopped(app: &std::sync::Arc<app::App>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                let outcome = match app::reload(app).await {
+                    Ok(()) => format!("policy {} in force", app.policy().sha256),
+                    Err(p) => format!("reload refused ({} problems); previous policy kept", p.len()),
+                };
+                let _ = sd_notify::notify(
+                    false,
+                    &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&outcome)],
+                );
+            }
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! the I/O, and report back (`confirm_*`, `revert_*`). Every decision is unit-tested here.
 #![forbid(unsafe_code)]
 
+pub mod redact;
+
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

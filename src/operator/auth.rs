@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -129,10 +129,10 @@ impl std::fmt::Debug for AccountView {
 }
 
 pub struct Auth {
-    auth_string_hash: String,
+    auth_string_hash: RwLock<String>,
     dummy_hash: String,
-    login: LoginPolicy,
-    session: SessionPolicy,
+    login: RwLock<LoginPolicy>,
+    session: RwLock<SessionPolicy>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     by_account: Mutex<HashMap<String, Failures>>,
@@ -155,6 +155,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read<T: Clone>(m: &RwLock<T>) -> T {
+    m.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn check_phc(hash: &str) -> Result<(), String> {
+    if PasswordHash::new(hash.trim())
+        .map(|h| h.algorithm.as_str() != "argon2id")
+        .unwrap_or(true)
+    {
+        return Err("the authentication-string hash is not an argon2id PHC string".into());
+    }
+    Ok(())
+}
+
 impl Auth {
     pub fn new(
         auth_string_hash: String,
@@ -162,24 +176,37 @@ impl Auth {
         login: LoginPolicy,
         session: SessionPolicy,
     ) -> Result<Auth, String> {
-        if PasswordHash::new(auth_string_hash.trim())
-            .map(|h| h.algorithm.as_str() != "argon2id")
-            .unwrap_or(true)
-        {
-            return Err("the authentication-string hash is not an argon2id PHC string".into());
-        }
+        check_phc(&auth_string_hash)?;
         let dummy = hash_secret(argon, &new_token())?;
         Ok(Auth {
-            auth_string_hash: auth_string_hash.trim().to_string(),
+            auth_string_hash: RwLock::new(auth_string_hash.trim().to_string()),
             dummy_hash: dummy,
             slots: Arc::new(Semaphore::new(login.max_concurrent_hashes)),
-            login,
-            session,
+            login: RwLock::new(login),
+            session: RwLock::new(session),
             waiting: AtomicUsize::new(0),
             by_account: Mutex::new(HashMap::new()),
             by_source: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Apply a reloaded policy and authentication-string hash. Sessions stay; the number
+    /// of hashing slots changes only at restart.
+    pub fn update(
+        &self,
+        auth_string_hash: String,
+        login: LoginPolicy,
+        session: SessionPolicy,
+    ) -> Result<(), String> {
+        check_phc(&auth_string_hash)?;
+        *self
+            .auth_string_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = auth_string_hash.trim().to_string();
+        *self.login.write().unwrap_or_else(|p| p.into_inner()) = login;
+        *self.session.write().unwrap_or_else(|p| p.into_inner()) = session;
+        Ok(())
     }
 
     fn blocked(&self, username: &str, source: IpAddr, now: Instant) -> Option<Duration> {
@@ -203,16 +230,17 @@ impl Auth {
         if count < threshold {
             return None;
         }
+        let login = read(&self.login);
         let exp = (count - threshold).min(20);
-        let secs = self
-            .login
+        let secs = login
             .backoff_base_secs
             .saturating_mul(1u64 << exp)
-            .min(self.login.backoff_max_secs);
+            .min(login.backoff_max_secs);
         Some(Duration::from_secs(secs))
     }
 
     fn note_failure(&self, username: &str, source: IpAddr, now: Instant) {
+        let login = read(&self.login);
         let mut acc = lock(&self.by_account);
         // Bound the table: an attacker spraying random names must not grow it without end.
         if acc.len() > 100_000 {
@@ -224,7 +252,7 @@ impl Auth {
         });
         f.count += 1;
         f.blocked_until = self
-            .backoff(f.count, self.login.max_failures_per_account)
+            .backoff(f.count, login.max_failures_per_account)
             .map(|d| now + d);
         drop(acc);
         let mut src = lock(&self.by_source);
@@ -237,7 +265,7 @@ impl Auth {
         });
         f.count += 1;
         f.blocked_until = self
-            .backoff(f.count, self.login.max_failures_per_source)
+            .backoff(f.count, login.max_failures_per_source)
             .map(|d| now + d);
     }
 
@@ -260,9 +288,10 @@ impl Auth {
             return LoginOutcome::Throttled { retry_after };
         }
         // Bounded waiting line in front of the hashing slots.
-        if self.waiting.fetch_add(1, Ordering::SeqCst)
-            >= self.login.max_waiting_logins + self.login.max_concurrent_hashes
-        {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= {
+            let l = read(&self.login);
+            l.max_waiting_logins + l.max_concurrent_hashes
+        } {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return LoginOutcome::Busy;
         }
@@ -271,7 +300,7 @@ impl Auth {
             .as_ref()
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
-        let string_hash = self.auth_string_hash.clone();
+        let string_hash = read(&self.auth_string_hash);
         let checked = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // Both checks always run: the answer and its cost do not depend on which failed.
@@ -330,8 +359,9 @@ impl Auth {
         let now = Instant::now();
         let mut map = lock(&self.sessions);
         let s = map.get_mut(&hash)?;
-        let idle = Duration::from_secs(self.session.idle_timeout_secs);
-        let absolute = Duration::from_secs(self.session.absolute_timeout_secs);
+        let session = read(&self.session);
+        let idle = Duration::from_secs(session.idle_timeout_secs);
+        let absolute = Duration::from_secs(session.absolute_timeout_secs);
         if now.duration_since(s.last_seen) > idle || now.duration_since(s.created) > absolute {
             map.remove(&hash);
             return None;
@@ -350,11 +380,12 @@ impl Auth {
     /// Is this session (by hash) still valid? Used by open event streams.
     pub fn session_alive(&self, hash: &[u8; 32]) -> bool {
         let now = Instant::now();
+        let session = read(&self.session);
         let map = lock(&self.sessions);
         map.get(hash).is_some_and(|s| {
-            now.duration_since(s.last_seen) <= Duration::from_secs(self.session.idle_timeout_secs)
+            now.duration_since(s.last_seen) <= Duration::from_secs(session.idle_timeout_secs)
                 && now.duration_since(s.created)
-                    <= Duration::from_secs(self.session.absolute_timeout_secs)
+                    <= Duration::from_secs(session.absolute_timeout_secs)
         })
     }
 
@@ -371,7 +402,7 @@ impl Auth {
     }
 
     pub fn cookie_max_age(&self) -> u64 {
-        self.session.absolute_timeout_secs
+        read(&self.session).absolute_timeout_secs
     }
 }
 

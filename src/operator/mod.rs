@@ -511,14 +511,18 @@ async fn send_message(
     oc: OperatorChat,
     req: Request<Incoming>,
 ) -> Resp {
-    let v = &app.policy.visitor;
+    let policy = app.policy();
+    let v = &policy.visitor;
     let body: crate::visitor::MessageBody = match read_json(req, v.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let text = body.text.trim_end().to_string();
+    let mut text = body.text.trim_end().to_string();
     if text.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "the message is empty");
+    }
+    if v.mask_card_numbers {
+        text = crate::core::redact::mask_card_numbers(&text);
     }
     if text.chars().count() > v.max_message_chars {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too long");

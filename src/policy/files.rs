@@ -38,6 +38,10 @@ pub struct Policy {
     pub trusted_proxies: Vec<IpNet>,
     /// SHA-256 over the policy files (name and bytes, in `POLICY_FILES` order), hex.
     pub sha256: String,
+    /// Dangerous values accepted because an override key says so (logged at every start).
+    pub overrides_in_force: Vec<String>,
+    /// SHA-256 of each policy file's bytes, hex, by file name.
+    pub file_sha256: std::collections::BTreeMap<String, String>,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -49,6 +53,24 @@ pub struct NetworkPolicy {
     pub operator: OperatorNet,
     #[serde(default)]
     pub proxies: ProxyNet,
+    #[serde(default)]
+    pub overrides: NetworkOverrides,
+}
+
+/// Explicit acceptance of dangerous network values; each one in force is logged at start.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverrides {
+    /// Accept an operator allowlist that admits every address (0.0.0.0/0, ::/0,
+    /// ::ffff:0:0/96).
+    #[serde(default)]
+    pub operator_allow_everyone: bool,
+    /// Accept an operator listener on a wildcard address.
+    #[serde(default)]
+    pub operator_listen_wildcard: bool,
+    /// Accept an operator listener on the visitor listener's address and port.
+    #[serde(default)]
+    pub operator_listen_on_visitor_address: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -123,6 +145,16 @@ pub struct AccountsPolicy {
     pub session: SessionPolicy,
     /// Shortest password `palisade operator add/passwd` accepts.
     pub password_min_chars: usize,
+    #[serde(default)]
+    pub overrides: AccountsOverrides,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsOverrides {
+    /// Accept argon2 parameters below the OWASP floor.
+    #[serde(default)]
+    pub argon2_below_floor: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -174,6 +206,19 @@ pub struct VisitorPolicy {
     pub chats_per_hour_per_source: u32,
     /// Most visitor connections open at once.
     pub max_connections: usize,
+    /// Mask Luhn-valid payment card numbers in messages before they are stored.
+    #[serde(default)]
+    pub mask_card_numbers: bool,
+    #[serde(default)]
+    pub overrides: VisitorOverrides,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorOverrides {
+    /// Accept `*` in frame_ancestors (any site may embed the chat page).
+    #[serde(default)]
+    pub frame_ancestors_any: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -345,6 +390,10 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
         hasher.update(s.text.as_bytes());
     }
     let sha256 = hex(&hasher.finalize());
+    let file_sha256 = sources
+        .iter()
+        .map(|s| (s.name.to_string(), hex(&Sha256::digest(s.text.as_bytes()))))
+        .collect();
     let [net_src, tls_src, acc_src, vis_src, ret_src] = &sources[..] else {
         unreachable!("five policy files")
     };
@@ -360,12 +409,14 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
 
     let mut operator_allow = Vec::new();
     let mut trusted_proxies = Vec::new();
+    let mut overrides = Vec::new();
     if let Some(n) = &network {
         check_network(
             net_src,
             n,
             &mut operator_allow,
             &mut trusted_proxies,
+            &mut overrides,
             &mut errors,
         );
     }
@@ -373,10 +424,10 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
         check_tls(tls_src, t, &mut errors);
     }
     if let Some(a) = &accounts {
-        check_accounts(acc_src, a, &mut errors);
+        check_accounts(acc_src, a, &mut overrides, &mut errors);
     }
     if let Some(v) = &visitor {
-        check_visitor(vis_src, v, &mut errors);
+        check_visitor(vis_src, v, &mut overrides, &mut errors);
     }
     if let Some(r) = &retention {
         for (key, v) in [
@@ -402,10 +453,19 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
             operator_allow,
             trusted_proxies,
             sha256,
+            overrides_in_force: overrides,
+            file_sha256,
             dir: dir.to_path_buf(),
         }),
         _ => Err(PolicyErrors(errors)),
     }
+}
+
+/// Does this network cover every IPv4 address as IPv4-mapped IPv6?
+pub fn covers_all_mapped(v6: &ipnet::Ipv6Net) -> bool {
+    let first = std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped();
+    let last = std::net::Ipv4Addr::BROADCAST.to_ipv6_mapped();
+    v6.contains(&first) && v6.contains(&last)
 }
 
 fn check_network(
@@ -413,8 +473,10 @@ fn check_network(
     n: &NetworkPolicy,
     allow: &mut Vec<IpNet>,
     proxies: &mut Vec<IpNet>,
+    overrides: &mut Vec<String>,
     errors: &mut Vec<PolicyError>,
 ) {
+    let ov = &n.overrides;
     if n.visitor.listen.is_empty() {
         errors.push(src.err("visitor", "listen", "at least one address is required"));
     }
@@ -429,29 +491,34 @@ fn check_network(
         ));
     }
     for a in &n.operator.allow {
-        match parse_cidr(a) {
-            Ok(net) if net.prefix_len() == 0 => errors.push(src.err(
-                "operator",
-                "allow",
-                format!("{a:?} admits every address; list the operators' subnets"),
-            )),
-            Ok(IpNet::V6(v6))
-                if v6.prefix_len() <= 96
-                    && ipnet::Ipv6Net::new(
-                        std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
-                        96,
-                    )
-                    .is_ok_and(|m| m.contains(&v6.network())) =>
-            {
+        let net = match parse_cidr(a) {
+            Ok(net) => net,
+            Err(e) => {
+                errors.push(src.err("operator", "allow", e));
+                continue;
+            }
+        };
+        let everyone = match net {
+            IpNet::V4(v4) => v4.prefix_len() == 0,
+            IpNet::V6(v6) => v6.prefix_len() == 0 || covers_all_mapped(&v6),
+        };
+        if everyone {
+            if ov.operator_allow_everyone {
+                overrides.push(format!(
+                    "network.toml: overrides.operator_allow_everyone: operator allowlist admits {a}"
+                ));
+            } else {
                 errors.push(src.err(
                     "operator",
                     "allow",
-                    format!("{a:?} admits every IPv4 address through IPv4-mapped IPv6"),
-                ))
+                    format!(
+                        "{a:?} admits every address; list the operators' subnets (or set overrides.operator_allow_everyone = true)"
+                    ),
+                ));
+                continue;
             }
-            Ok(net) => allow.push(net),
-            Err(e) => errors.push(src.err("operator", "allow", e)),
         }
+        allow.push(net);
     }
     for p in &n.proxies.trusted {
         match parse_cidr(p) {
@@ -461,19 +528,32 @@ fn check_network(
     }
     for o in &n.operator.listen {
         if o.ip().is_unspecified() {
-            errors.push(src.err(
-                "operator",
-                "listen",
-                format!("{o} is a wildcard address; bind the internal interface's address"),
-            ));
-        }
-        for v in &n.visitor.listen {
-            if o.ip() == v.ip() && o.port() == v.port() && o.port() != 0 {
+            if ov.operator_listen_wildcard {
+                overrides.push(format!(
+                    "network.toml: overrides.operator_listen_wildcard: operator listener on {o}"
+                ));
+            } else {
                 errors.push(src.err(
                     "operator",
                     "listen",
-                    format!("{o} is also the visitor listener's address"),
+                    format!("{o} is a wildcard address; bind the internal interface's address (or set overrides.operator_listen_wildcard = true)"),
                 ));
+            }
+        }
+        for v in &n.visitor.listen {
+            let same_ip = o.ip() == v.ip() || o.ip().is_unspecified() || v.ip().is_unspecified();
+            if same_ip && o.port() == v.port() && o.port() != 0 {
+                if ov.operator_listen_on_visitor_address {
+                    overrides.push(format!(
+                        "network.toml: overrides.operator_listen_on_visitor_address: operator listener {o} shares the visitor address {v}"
+                    ));
+                } else {
+                    errors.push(src.err(
+                        "operator",
+                        "listen",
+                        format!("{o} is also the visitor listener's address ({v}); give the operator listener its own port"),
+                    ));
+                }
             }
         }
     }
@@ -500,34 +580,61 @@ fn check_pins(src: &Source, section: &str, pins: &[String], errors: &mut Vec<Pol
 fn check_tls(src: &Source, t: &TlsPolicy, errors: &mut Vec<PolicyError>) {
     check_pins(src, "visitor", &t.visitor.pins, errors);
     check_pins(src, "operator", &t.operator.pins, errors);
-    if !["1.2", "1.3"].contains(&t.visitor.min_version.as_str()) {
-        errors.push(src.err(
+    match t.visitor.min_version.as_str() {
+        "1.2" | "1.3" => {}
+        "1.0" | "1.1" => errors.push(src.err(
             "visitor",
             "min_version",
-            format!("{:?} is not \"1.2\" or \"1.3\"", t.visitor.min_version),
-        ));
+            format!(
+                "TLS {} is below the floor of 1.2 (and not implemented): use \"1.2\" or \"1.3\"",
+                t.visitor.min_version
+            ),
+        )),
+        other => errors.push(src.err(
+            "visitor",
+            "min_version",
+            format!("{other:?} is not \"1.2\" or \"1.3\""),
+        )),
     }
 }
 
-fn check_accounts(src: &Source, a: &AccountsPolicy, errors: &mut Vec<PolicyError>) {
-    if a.argon2.memory_kib < ARGON2_MIN_MEMORY_KIB || a.argon2.memory_kib > 4 * 1024 * 1024 {
+fn check_accounts(
+    src: &Source,
+    a: &AccountsPolicy,
+    overrides: &mut Vec<String>,
+    errors: &mut Vec<PolicyError>,
+) {
+    let below =
+        a.argon2.memory_kib < ARGON2_MIN_MEMORY_KIB || a.argon2.iterations < ARGON2_MIN_ITERATIONS;
+    let (min_mem, min_it) = if below && a.overrides.argon2_below_floor {
+        overrides.push(format!(
+            "accounts.toml: overrides.argon2_below_floor: argon2 m={} KiB t={} is below the floor m={ARGON2_MIN_MEMORY_KIB} t={ARGON2_MIN_ITERATIONS}",
+            a.argon2.memory_kib, a.argon2.iterations
+        ));
+        (8, 1)
+    } else {
+        (ARGON2_MIN_MEMORY_KIB, ARGON2_MIN_ITERATIONS)
+    };
+    let hint = if min_mem == ARGON2_MIN_MEMORY_KIB {
+        " (the OWASP floor; or set overrides.argon2_below_floor = true)"
+    } else {
+        ""
+    };
+    if a.argon2.memory_kib < min_mem || a.argon2.memory_kib > 4 * 1024 * 1024 {
         errors.push(src.err(
             "argon2",
             "memory_kib",
             format!(
-                "{} is outside {ARGON2_MIN_MEMORY_KIB}..=4194304",
+                "{} is outside {min_mem}..=4194304{hint}",
                 a.argon2.memory_kib
             ),
         ));
     }
-    if a.argon2.iterations < ARGON2_MIN_ITERATIONS || a.argon2.iterations > 100 {
+    if a.argon2.iterations < min_it || a.argon2.iterations > 100 {
         errors.push(src.err(
             "argon2",
             "iterations",
-            format!(
-                "{} is outside {ARGON2_MIN_ITERATIONS}..=100",
-                a.argon2.iterations
-            ),
+            format!("{} is outside {min_it}..=100{hint}", a.argon2.iterations),
         ));
     }
     if !(1..=16).contains(&a.argon2.parallelism) {
@@ -580,8 +687,28 @@ fn check_accounts(src: &Source, a: &AccountsPolicy, errors: &mut Vec<PolicyError
     }
 }
 
-fn check_visitor(src: &Source, v: &VisitorPolicy, errors: &mut Vec<PolicyError>) {
+fn check_visitor(
+    src: &Source,
+    v: &VisitorPolicy,
+    overrides: &mut Vec<String>,
+    errors: &mut Vec<PolicyError>,
+) {
     for o in &v.frame_ancestors {
+        if o == "*" {
+            if v.overrides.frame_ancestors_any {
+                overrides.push(
+                    "visitor.toml: overrides.frame_ancestors_any: any site may embed the chat page"
+                        .into(),
+                );
+            } else {
+                errors.push(src.err(
+                    "",
+                    "frame_ancestors",
+                    "\"*\" lets any site embed the chat page; list the customer's origins (or set overrides.frame_ancestors_any = true)",
+                ));
+            }
+            continue;
+        }
         let ok = (o.starts_with("https://") || o.starts_with("http://"))
             && !o.contains('*')
             && !o.contains(char::is_whitespace)

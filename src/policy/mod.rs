@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod files;
+pub mod render;
 
 pub use files::*;
 
@@ -32,6 +33,13 @@ pub struct Config {
     /// argon2id hash (PHC string) of the server-wide authentication string: a path or
     /// `credential:NAME`.
     pub auth_string_hash: String,
+    /// Where the rendered systemd drop-ins are installed (e.g. `/etc/systemd/system`);
+    /// `check` compares them with the policy.
+    #[serde(default)]
+    pub rendered_systemd_dir: Option<PathBuf>,
+    /// Where the rendered nftables ruleset is installed; `check` compares it.
+    #[serde(default)]
+    pub rendered_nftables: Option<PathBuf>,
     /// Where the config file itself was read from (filled in by [`Config::load`]).
     #[serde(skip)]
     pub path: PathBuf,
@@ -50,6 +58,8 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.policy_dir = absolutise(base, &cfg.policy_dir);
         cfg.state_dir = absolutise(base, &cfg.state_dir);
+        cfg.rendered_systemd_dir = cfg.rendered_systemd_dir.map(|p| absolutise(base, &p));
+        cfg.rendered_nftables = cfg.rendered_nftables.map(|p| absolutise(base, &p));
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }

@@ -20,6 +20,12 @@ pub fn harden_process() -> Result<(), String> {
     Ok(())
 }
 
+/// Make an IPv6 socket IPv6-only (no IPv4-mapped peers).
+pub fn set_ipv6_only(sock: &impl std::os::fd::AsFd) -> Result<(), String> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Ipv6V6Only, &true)
+        .map_err(|e| format!("cannot set IPV6_V6ONLY: {e}"))
+}
+
 /// Raise the open-file limit to the hard limit (many idle visitor connections).
 pub fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

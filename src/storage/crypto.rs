@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 pub struct Sealer {
     cipher: Aes256Gcm,
     fingerprint: [u8; 4],
+    audit_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -28,10 +29,26 @@ impl Sealer {
         h.update(b"palisade data key fingerprint v1");
         h.update(key.expose());
         let d = h.finalize();
+        let mut a = Sha256::new();
+        a.update(b"palisade audit chain key v1");
+        a.update(key.expose());
         Sealer {
             cipher: Aes256Gcm::new(key.expose().into()),
             fingerprint: [d[0], d[1], d[2], d[3]],
+            audit_key: zeroize::Zeroizing::new(a.finalize().into()),
         }
+    }
+
+    /// HMAC-SHA-256 under the audit-chain key (derived from the data key).
+    pub fn audit_mac(&self, parts: &[&[u8]]) -> Vec<u8> {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&self.audit_key[..])
+            .expect("HMAC takes any key length");
+        for p in parts {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        m.finalize().into_bytes().to_vec()
     }
 
     pub fn fingerprint(&self) -> String {

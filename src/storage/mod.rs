@@ -445,16 +445,17 @@ impl Storage {
         event: &'static str,
         detail: String,
     ) -> Result<(), StorageError> {
-        self.write(move |c, _| {
+        self.write(move |c, st| {
             let prev: (i64, Vec<u8>) = c
                 .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?
-                .unwrap_or((0, vec![0u8; 32]));
+                .map_or_else(|| audit_anchor(c, &st.sealer), Ok)?;
             let seq = prev.0 + 1;
             let ts = now_ms();
-            let hash = crate::audit::link_hash(&prev.1, seq, ts, message_id, event, &detail);
+            let hash =
+                crate::audit::link_hash(&st.sealer, &prev.1, seq, ts, message_id, event, &detail);
             c.execute(
                 "INSERT INTO audit(seq, ts_ms, message_id, event, detail, prev_hash, hash) VALUES(?1,?2,?3,?4,?5,?6,?7)",
                 params![seq, ts, message_id, event, detail, prev.1, hash],
@@ -882,5 +883,274 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut state: WriterState
         for done in completions {
             done(commit.clone());
         }
+    }
+}
+
+// ---- audit chain verification, retention, erasure, backup ----
+
+fn anchor_mac(sealer: &Sealer, seq: i64, hash: &[u8]) -> Vec<u8> {
+    sealer.audit_mac(&[b"palisade audit anchor v1", &seq.to_be_bytes(), hash])
+}
+
+/// Where the audit chain starts: (0, zeros), or the last purged record (sealed anchor).
+fn audit_anchor(c: &Connection, sealer: &Sealer) -> Result<(i64, Vec<u8>), StorageError> {
+    let raw: Option<Vec<u8>> = c
+        .query_row("SELECT value FROM meta WHERE key='audit_anchor'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(raw) = raw else {
+        return Ok((0, vec![0u8; 32]));
+    };
+    if raw.len() != 8 + 32 + 32 {
+        return Err(StorageError("audit anchor is malformed".into()));
+    }
+    let seq = i64::from_be_bytes(raw[..8].try_into().unwrap_or([0; 8]));
+    let hash = raw[8..40].to_vec();
+    if anchor_mac(sealer, seq, &hash) != raw[40..] {
+        return Err(StorageError(
+            "audit anchor was altered (its MAC does not verify)".into(),
+        ));
+    }
+    Ok((seq, hash))
+}
+
+/// What walking the audit chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub records: u64,
+    /// The last record purged by retention (the chain starts after it).
+    pub anchor_seq: i64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    /// The first broken link, described for a person.
+    pub broken: Option<String>,
+}
+
+fn walk_audit(c: &Connection, sealer: &Sealer) -> Result<AuditReport, StorageError> {
+    let (anchor_seq, anchor_hash) = match audit_anchor(c, sealer) {
+        Ok(a) => a,
+        Err(e) => {
+            return Ok(AuditReport {
+                records: 0,
+                anchor_seq: 0,
+                head_seq: 0,
+                head_hash: String::new(),
+                broken: Some(e.0),
+            })
+        }
+    };
+    let mut st = c.prepare(
+        "SELECT seq, ts_ms, message_id, event, detail, prev_hash, hash FROM audit ORDER BY seq",
+    )?;
+    let mut rows = st.query([])?;
+    let (mut prev_seq, mut prev_hash) = (anchor_seq, anchor_hash);
+    let mut records = 0u64;
+    let mut broken = None;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let ts: i64 = r.get(1)?;
+        let message_id: String = r.get(2)?;
+        let event: String = r.get(3)?;
+        let detail: String = r.get(4)?;
+        let stored_prev: Vec<u8> = r.get(5)?;
+        let hash: Vec<u8> = r.get(6)?;
+        records += 1;
+        if seq != prev_seq + 1 {
+            broken = Some(format!(
+                "record {seq} follows record {prev_seq}: record(s) {} deleted, or records inserted or reordered",
+                if seq > prev_seq + 1 { format!("{}..={}", prev_seq + 1, seq - 1) } else { format!("{seq}") }
+            ));
+            break;
+        }
+        if stored_prev != prev_hash {
+            broken = Some(format!(
+                "record {seq} does not link to record {prev_seq}: a record was inserted, deleted or reordered here"
+            ));
+            break;
+        }
+        if crate::audit::link_hash(sealer, &prev_hash, seq, ts, &message_id, &event, &detail)
+            != hash
+        {
+            broken = Some(format!(
+                "record {seq} was changed after it was written (its link does not verify)"
+            ));
+            break;
+        }
+        prev_seq = seq;
+        prev_hash = hash;
+    }
+    Ok(AuditReport {
+        records,
+        anchor_seq,
+        head_seq: prev_seq,
+        head_hash: crate::policy::hex(&prev_hash),
+        broken,
+    })
+}
+
+/// Walk the audit chain of the database in `state_dir`, read-only (the daemon may run).
+pub fn verify_audit_chain(state_dir: &Path, sealer: &Sealer) -> Result<AuditReport, StorageError> {
+    let path = state_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(StorageError(format!("{}: no database", path.display())));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StorageError(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    walk_audit(&conn, sealer)
+}
+
+/// The stored link of one audit record (read-only), for comparing with a journal head.
+pub fn audit_hash_at(
+    state_dir: &Path,
+    _sealer: &Sealer,
+    seq: i64,
+) -> Result<Option<String>, StorageError> {
+    let path = state_dir.join(DB_FILE);
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StorageError(format!("{}: {e}", path.display())))?;
+    let h: Option<Vec<u8>> = conn
+        .query_row("SELECT hash FROM audit WHERE seq=?1", [seq], |r| r.get(0))
+        .optional()?;
+    Ok(h.map(|h| crate::policy::hex(&h)))
+}
+
+/// What a retention purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    pub chats: u64,
+    pub events: u64,
+    pub audit_records: u64,
+}
+
+impl Storage {
+    /// The audit chain's head, for anchoring it in the journal.
+    pub async fn audit_head(&self) -> Result<AuditReport, StorageError> {
+        self.read(walk_audit).await
+    }
+
+    /// Delete ended chats older than `transcripts_before_ms` and audit records older than
+    /// `audit_before_ms` (a prefix of the chain; the last one deleted becomes the sealed
+    /// anchor). Deleted content is overwritten (`secure_delete`) and the WAL truncated.
+    pub async fn purge(
+        &self,
+        transcripts_before_ms: i64,
+        audit_before_ms: i64,
+    ) -> Result<PurgeCounts, StorageError> {
+        let counts = self
+            .write(move |c, st| {
+                let events = c.execute(
+                    "DELETE FROM events WHERE chat_id IN (SELECT id FROM chats WHERE state='ended' AND ended_ms < ?1)",
+                    [transcripts_before_ms],
+                )? as u64;
+                let chats = c.execute(
+                    "DELETE FROM chats WHERE state='ended' AND ended_ms < ?1",
+                    [transcripts_before_ms],
+                )? as u64;
+                // The prefix of the chain older than the cutoff.
+                let first_kept: Option<i64> = c
+                    .query_row("SELECT min(seq) FROM audit WHERE ts_ms >= ?1", [audit_before_ms], |r| r.get(0))?;
+                let last_seq: Option<i64> = c.query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))?;
+                let upto = match (first_kept, last_seq) {
+                    (Some(k), _) => k - 1,
+                    (None, Some(l)) => l,
+                    (None, None) => 0,
+                };
+                let mut audit_records = 0;
+                if upto > 0 {
+                    let hash: Option<Vec<u8>> = c
+                        .query_row("SELECT hash FROM audit WHERE seq=?1", [upto], |r| r.get(0))
+                        .optional()?;
+                    if let Some(hash) = hash {
+                        let mut anchor = upto.to_be_bytes().to_vec();
+                        anchor.extend_from_slice(&hash);
+                        anchor.extend_from_slice(&anchor_mac(&st.sealer, upto, &hash));
+                        c.execute(
+                            "INSERT INTO meta(key, value) VALUES('audit_anchor', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                            [anchor],
+                        )?;
+                        audit_records = c.execute("DELETE FROM audit WHERE seq <= ?1", [upto])? as u64;
+                    }
+                }
+                Ok(PurgeCounts { chats, events, audit_records })
+            })
+            .await?;
+        self.checkpoint().await?;
+        Ok(counts)
+    }
+
+    /// Erase one ended chat: its visitor data and every event. Refuses a live chat.
+    pub async fn erase_chat(&self, chat: ChatId) -> Result<u64, StorageError> {
+        let events = self
+            .write(move |c, _| {
+                let state: Option<String> = c
+                    .query_row("SELECT state FROM chats WHERE id=?1", [chat.0], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                match state.as_deref() {
+                    None => return Err(StorageError(format!("no chat {}", chat.0))),
+                    Some("ended") => {}
+                    Some(_) => {
+                        return Err(StorageError(format!(
+                            "chat {} is still open; it can be erased once it has ended",
+                            chat.0
+                        )))
+                    }
+                }
+                let events = c.execute("DELETE FROM events WHERE chat_id=?1", [chat.0])? as u64;
+                c.execute("DELETE FROM chats WHERE id=?1", [chat.0])?;
+                Ok(events)
+            })
+            .await?;
+        self.checkpoint().await?;
+        Ok(events)
+    }
+
+    /// Move the WAL into the database and truncate it, so deleted content leaves no copy.
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        self.read(|c, _| {
+            let (busy, _, _): (i64, i64, i64) =
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            if busy != 0 {
+                return Err(StorageError(
+                    "checkpoint could not complete (database busy)".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A consistent online copy of the database (SQLite backup API). The copy stays
+    /// encrypted exactly like the original; it is created 0600 and never overwrites.
+    pub async fn backup_to(&self, dest: PathBuf) -> Result<u64, StorageError> {
+        if dest.exists() {
+            return Err(StorageError(format!(
+                "{}: already exists; not overwriting",
+                dest.display()
+            )));
+        }
+        crate::sandbox::write_private(&dest, b"").map_err(StorageError)?;
+        self.read(move |c, _| {
+            let mut out = Connection::open(&dest)
+                .map_err(|e| StorageError(format!("{}: {e}", dest.display())))?;
+            let backup = rusqlite::backup::Backup::new(c, &mut out)?;
+            // One step copies every page under one read transaction: a consistent snapshot.
+            backup.step(-1)?;
+            let pages = backup.progress().pagecount as u64;
+            drop(backup);
+            let ok: String = out.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if ok != "ok" {
+                return Err(StorageError(format!(
+                    "backup failed its integrity check: {ok}"
+                )));
+            }
+            Ok(pages)
+        })
+        .await
     }
 }

@@ -287,3 +287,102 @@ impl rustls::client::danger::ServerCertVerifier for PinVerifier {
             .supported_schemes()
     }
 }
+
+/// Run one TLS handshake in memory between a server and a client config.
+fn handshake_in_memory(
+    server: Arc<ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    let mut s = rustls::ServerConnection::new(server).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut c = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;
+    for _ in 0..16 {
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).map_err(|e| e.to_string())?;
+        s.read_tls(&mut &buf[..]).map_err(|e| e.to_string())?;
+        let server_err = s.process_new_packets().err();
+        let mut back = Vec::new();
+        s.write_tls(&mut back).map_err(|e| e.to_string())?;
+        c.read_tls(&mut &back[..]).map_err(|e| e.to_string())?;
+        c.process_new_packets().map_err(|e| e.to_string())?;
+        if let Some(e) = server_err {
+            return Err(e.to_string());
+        }
+        if !c.is_handshaking() && !s.is_handshaking() {
+            let suite = c
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default();
+            return Ok(suite);
+        }
+    }
+    Err("handshake did not complete".into())
+}
+
+/// Prove, by real handshakes in memory, that the operator config accepts TLS 1.3 with
+/// AES-256-GCM and refuses TLS 1.2 and every other TLS 1.3 suite.
+pub fn operator_channel_proof(cert: &PinnedCertificate) -> Result<String, String> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let server = operator_server_config(cert)?;
+    let client = |suites: Vec<rustls::SupportedCipherSuite>,
+                  versions: &[&'static rustls::SupportedProtocolVersion]| {
+        pinned_client_config_with(
+            vec![cert.pin().to_string()],
+            CryptoProvider {
+                cipher_suites: suites,
+                ..provider()
+            },
+            versions,
+        )
+        .map_err(|e| e.to_string())
+    };
+    let ok = handshake_in_memory(
+        server.clone(),
+        client(
+            vec![cs::TLS13_AES_256_GCM_SHA384],
+            &[&rustls::version::TLS13],
+        )?,
+    )
+    .map_err(|e| format!("TLS 1.3 AES-256-GCM was refused: {e}"))?;
+    if handshake_in_memory(
+        server.clone(),
+        client(
+            vec![
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            &[&rustls::version::TLS13],
+        )?,
+    )
+    .is_ok()
+    {
+        return Err("a TLS 1.3 client without AES-256-GCM got a session".into());
+    }
+    if handshake_in_memory(
+        server,
+        client(
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            ],
+            &[&rustls::version::TLS12],
+        )?,
+    )
+    .is_ok()
+    {
+        return Err("a TLS 1.2 client got a session".into());
+    }
+    Ok(format!(
+        "negotiated {ok}; TLS 1.3 AES-128/ChaCha20 and TLS 1.2 refused"
+    ))
+}
+
+/// Days until the leaf certificate expires (negative when expired), and whether it is
+/// valid now.
+pub fn leaf_validity(cert: &PinnedCertificate) -> Result<(bool, i64), String> {
+    let leaf = cert.chain().first().ok_or("empty chain")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    let v = parsed.validity();
+    let days = v.time_to_expiration().map(|d| d.whole_days()).unwrap_or(-1);
+    Ok((v.is_valid(), days))
+}

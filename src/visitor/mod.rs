@@ -54,7 +54,7 @@ pub async fn handle(app: Arc<App>, source: IpAddr, req: Request<Incoming>) -> Re
             r
         }
         (&Method::GET, "/chat") => {
-            csp = chat_csp(&app.policy.visitor.frame_ancestors);
+            csp = chat_csp(&app.policy().visitor.frame_ancestors);
             content(StatusCode::OK, "text/html; charset=utf-8", CHAT_HTML)
         }
         (&Method::GET, "/assets/chat.js") => {
@@ -153,7 +153,8 @@ pub fn clean_field(
 }
 
 async fn start_chat(app: &Arc<App>, source: IpAddr, req: Request<Incoming>) -> Resp {
-    let v = &app.policy.visitor;
+    let policy = app.policy();
+    let v = &policy.visitor;
     let body: StartChat = match read_json(req, v.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -234,14 +235,18 @@ impl std::fmt::Debug for MessageBody {
 }
 
 async fn send_message(app: &Arc<App>, chat: VisitorChat, req: Request<Incoming>) -> Resp {
-    let v = &app.policy.visitor;
+    let policy = app.policy();
+    let v = &policy.visitor;
     let body: MessageBody = match read_json(req, v.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let text = body.text.trim_end().to_string();
+    let mut text = body.text.trim_end().to_string();
     if text.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "the message is empty");
+    }
+    if v.mask_card_numbers {
+        text = crate::core::redact::mask_card_numbers(&text);
     }
     if text.chars().count() > v.max_message_chars {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too long");
