@@ -461,10 +461,7 @@ async fn housekeeping(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                 }
             }
             _ = head.tick() => log_audit_head(&app).await,
-            _ = shutdown.changed() => {
-                log_audit_head(&app).await;
-                return;
-            }
+            _ = shutdown.changed() => return,
         }
     }
 }
@@ -495,8 +492,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop accepting; open connections end with the runtime.
-    pub fn shutdown(&self) {
+    /// Record the stop, anchor the audit head in the journal, stop accepting. Open
+    /// connections end with the runtime.
+    pub async fn shutdown(&self, why: &str) {
+        self.app
+            .audit
+            .record(ids::DAEMON_STOPPING, "daemon_stopping", why.to_string())
+            .await;
+        log_audit_head(&self.app).await;
         let _ = self.shutdown.send(true);
     }
 }

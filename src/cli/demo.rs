@@ -327,7 +327,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         dir.join("demo.json").display()
     );
     super::run_until_stopped(&running.app).await;
-    running.shutdown();
+    running.shutdown("signal").await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -462,12 +462,7 @@ async fn serve(config: PathBuf) -> Result<ExitCode, String> {
     spawn_watchdog(running.app.clone());
     run_until_stopped(&running.app).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    running
-        .app
-        .audit
-        .record(ids::DAEMON_STOPPING, "daemon_stopping", "signal".into())
-        .await;
-    running.shutdown();
+    running.shutdown("signal").await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -232,6 +232,7 @@ pub struct RetentionPolicy {
 struct Source {
     name: &'static str,
     text: String,
+    unreadable: bool,
 }
 
 impl Source {
@@ -284,6 +285,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn parse<T: DeserializeOwned>(src: &Source, errors: &mut Vec<PolicyError>) -> Option<T> {
+    if src.unreadable {
+        return None;
+    }
     match toml::from_str::<T>(&src.text) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -291,7 +295,7 @@ fn parse<T: DeserializeOwned>(src: &Source, errors: &mut Vec<PolicyError>) -> Op
                 .span()
                 .map(|s| line_col(&src.text, s.start))
                 .unwrap_or((1, 1));
-            let message = e.message().trim().to_string();
+            let message = e.message().trim().replace('\n', "; ");
             // serde names the offending key inside the message for unknown/missing fields.
             let key = key_at(&src.text, e.span().map(|s| s.start)).unwrap_or_else(|| "-".into());
             errors.push(PolicyError {
@@ -358,18 +362,27 @@ fn read_sources(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<Source> {
     for name in POLICY_FILES {
         let path = dir.join(name);
         match std::fs::read_to_string(&path) {
-            Ok(text) => out.push(Source { name, text }),
+            Ok(text) => out.push(Source {
+                name,
+                text,
+                unreadable: false,
+            }),
             Err(e) => {
+                let why = match e.kind() {
+                    std::io::ErrorKind::NotFound => "the file is missing".to_string(),
+                    _ => format!("cannot read the file: {e}"),
+                };
                 errors.push(PolicyError {
                     file: name.to_string(),
                     line: 1,
                     column: 1,
                     key: "-".into(),
-                    message: format!("cannot read {}: {e}", path.display()),
+                    message: why,
                 });
                 out.push(Source {
                     name,
                     text: String::new(),
+                    unreadable: true,
                 });
             }
         }
@@ -381,7 +394,6 @@ fn read_sources(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<Source> {
 pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
     let mut errors = Vec::new();
     let sources = read_sources(dir, &mut errors);
-    let failed_reads = errors.len();
     let mut hasher = Sha256::new();
     for s in &sources {
         hasher.update(s.name.as_bytes());
@@ -397,11 +409,7 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
     let [net_src, tls_src, acc_src, vis_src, ret_src] = &sources[..] else {
         unreachable!("five policy files")
     };
-    let network: Option<NetworkPolicy> = if net_src.text.is_empty() && failed_reads > 0 {
-        None
-    } else {
-        parse(net_src, &mut errors)
-    };
+    let network: Option<NetworkPolicy> = parse(net_src, &mut errors);
     let tls: Option<TlsPolicy> = parse(tls_src, &mut errors);
     let accounts: Option<AccountsPolicy> = parse(acc_src, &mut errors);
     let visitor: Option<VisitorPolicy> = parse(vis_src, &mut errors);
@@ -499,10 +507,14 @@ fn check_network(
             }
         };
         let everyone = match net {
-            IpNet::V4(v4) => v4.prefix_len() == 0,
-            IpNet::V6(v6) => v6.prefix_len() == 0 || covers_all_mapped(&v6),
+            IpNet::V4(v4) => (v4.prefix_len() == 0).then_some("every address"),
+            IpNet::V6(v6) if v6.prefix_len() == 0 => Some("every address"),
+            IpNet::V6(v6) if covers_all_mapped(&v6) => {
+                Some("every IPv4 address (as IPv4-mapped IPv6)")
+            }
+            IpNet::V6(_) => None,
         };
-        if everyone {
+        if let Some(what) = everyone {
             if ov.operator_allow_everyone {
                 overrides.push(format!(
                     "network.toml: overrides.operator_allow_everyone: operator allowlist admits {a}"
@@ -512,7 +524,7 @@ fn check_network(
                     "operator",
                     "allow",
                     format!(
-                        "{a:?} admits every address; list the operators' subnets (or set overrides.operator_allow_everyone = true)"
+                        "{a:?} admits {what}; list the operators' subnets (or set overrides.operator_allow_everyone = true)"
                     ),
                 ));
                 continue;

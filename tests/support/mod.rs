@@ -142,26 +142,39 @@ impl Drop for Demo {
 /// A `palisade serve` process, killed on drop.
 pub struct Serve {
     pub child: Child,
+    log: PathBuf,
 }
 
 impl Serve {
+    /// Where `serve` writes its stderr for a config: beside the demo directory.
+    pub fn log_path(config: &Path) -> PathBuf {
+        config.parent().unwrap().parent().unwrap().join("serve.log")
+    }
+
     /// Start `serve` and wait until `addr` accepts connections (or the process exits).
     pub fn start(config: &Path, addr: SocketAddr) -> Result<Serve, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Self::log_path(config))
+            .map_err(|e| e.to_string())?;
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .map_err(|e| e.to_string())?;
         let start = Instant::now();
         loop {
             if let Ok(Some(_)) = child.try_wait() {
-                let out = child.wait_with_output().map_err(|e| e.to_string())?;
-                return Err(String::from_utf8_lossy(&out.stderr).to_string());
+                return Err(std::fs::read_to_string(Self::log_path(config)).unwrap_or_default());
             }
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(Serve { child });
+                return Ok(Serve {
+                    child,
+                    log: Self::log_path(config),
+                });
             }
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
@@ -169,6 +182,36 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until the log contains `needle` `n` times or more.
+    pub fn wait_log(&self, needle: &str, n: usize, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        while self.log().matches(needle).count() < n {
+            if start.elapsed() > limit {
+                return Err(format!(
+                    "{needle:?} did not appear {n} times within {limit:?}:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
     }
 
     pub fn kill9(mut self) {
