@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod assets;
 pub mod audit;
 pub mod cli;
 pub mod core;

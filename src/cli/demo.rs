@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub const DEMO_PAGE: &str = include_str!("../../assets/demo-page.html");
 const MARKER: &str = ".palisade-demo";
 
 fn random_secret(bytes: usize) -> String {
@@ -259,7 +258,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?,
         "1.2",
     )?;
-    let page = Arc::new(DEMO_PAGE.replace("{{VISITOR_ORIGIN}}", &visitor_origin));
+    let page = Arc::new(crate::assets::get("demo-page.html").replace("{{VISITOR_ORIGIN}}", &visitor_origin));
     let page_csp = Arc::new(format!(
         "default-src 'none'; script-src {visitor_origin}; frame-src {visitor_origin}; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ));

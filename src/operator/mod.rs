@@ -26,9 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-pub const CONSOLE_HTML: &str = include_str!("../../assets/console.html");
-pub const CONSOLE_JS: &str = include_str!("../../assets/console.js");
-pub const CONSOLE_CSS: &str = include_str!("../../assets/console.css");
 
 pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -79,13 +76,13 @@ async fn route(app: Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Resp
     let path = req.uri().path().to_string();
     match (&method, path.as_str()) {
         (&Method::GET, "/") | (&Method::GET, "/index.html") => {
-            return content(StatusCode::OK, "text/html; charset=utf-8", CONSOLE_HTML)
+            return content(StatusCode::OK, "text/html; charset=utf-8", crate::assets::get("console.html").into_owned())
         }
         (&Method::GET, "/assets/console.js") => {
-            return content(StatusCode::OK, "text/javascript; charset=utf-8", CONSOLE_JS)
+            return content(StatusCode::OK, "text/javascript; charset=utf-8", crate::assets::get("console.js").into_owned())
         }
         (&Method::GET, "/assets/console.css") => {
-            return content(StatusCode::OK, "text/css; charset=utf-8", CONSOLE_CSS)
+            return content(StatusCode::OK, "text/css; charset=utf-8", crate::assets::get("console.css").into_owned())
         }
         _ => {}
     }

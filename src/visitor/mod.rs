@@ -18,10 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-pub const WIDGET_JS: &str = include_str!("../../assets/widget.js");
-pub const CHAT_HTML: &str = include_str!("../../assets/chat.html");
-pub const CHAT_JS: &str = include_str!("../../assets/chat.js");
-pub const CHAT_CSS: &str = include_str!("../../assets/chat.css");
 
 /// CSP of the chat page; `frame-ancestors` comes from `visitor.toml`.
 pub fn chat_csp(frame_ancestors: &[String]) -> String {
@@ -45,7 +41,7 @@ pub async fn handle(app: Arc<App>, source: IpAddr, req: Request<Incoming>) -> Re
     let mut csp = API_CSP.to_string();
     let mut resp = match (&method, path.as_str()) {
         (&Method::GET, "/widget.js") => {
-            let mut r = content(StatusCode::OK, "text/javascript; charset=utf-8", WIDGET_JS);
+            let mut r = content(StatusCode::OK, "text/javascript; charset=utf-8", crate::assets::get("widget.js").into_owned());
             // The customer's pages (another origin) load this script.
             r.headers_mut().insert(
                 "cross-origin-resource-policy",
@@ -55,13 +51,13 @@ pub async fn handle(app: Arc<App>, source: IpAddr, req: Request<Incoming>) -> Re
         }
         (&Method::GET, "/chat") => {
             csp = chat_csp(&app.policy().visitor.frame_ancestors);
-            content(StatusCode::OK, "text/html; charset=utf-8", CHAT_HTML)
+            content(StatusCode::OK, "text/html; charset=utf-8", crate::assets::get("chat.html").into_owned())
         }
         (&Method::GET, "/assets/chat.js") => {
-            content(StatusCode::OK, "text/javascript; charset=utf-8", CHAT_JS)
+            content(StatusCode::OK, "text/javascript; charset=utf-8", crate::assets::get("chat.js").into_owned())
         }
         (&Method::GET, "/assets/chat.css") => {
-            content(StatusCode::OK, "text/css; charset=utf-8", CHAT_CSS)
+            content(StatusCode::OK, "text/css; charset=utf-8", crate::assets::get("chat.css").into_owned())
         }
         (&Method::GET, "/api/v1/visitor/status") => status(&app),
         (&Method::POST, "/api/v1/visitor/chats") => start_chat(&app, source, req).await,
