@@ -4,10 +4,18 @@
  * The customer adds one tag to their pages:
  *   <script src="https://APPLIANCE/widget.js" async></script>
  *
- * It adds a chat button and, on click, shows the chat page (served by the
- * appliance, from the appliance's own origin) in an iframe. The host page and
- * the chat cannot read each other; the only channel is postMessage, checked
- * against the appliance's exact origin in both directions.
+ * At page load it adds a chat button and a hidden iframe on the chat page (served by
+ * the appliance, from the appliance's own origin). The iframe does all the work:
+ * it reports page views for the live visitor list, listens for operator invitations,
+ * and holds the chat. The host page and the chat cannot read each other; the only
+ * channel is postMessage, checked against the appliance's exact origin and the
+ * iframe's exact window in both directions, never sent to "*".
+ *
+ * What the loader tells the chat page: {palisade:1, type:"page", url, title, referrer}
+ * on load and whenever the URL changes (history navigation), and {type:"panel", open}
+ * when the visitor opens or closes the chat panel. What it accepts from the chat page:
+ * "status" (online or not: the button label), "open" (an invitation arrived, or a chat
+ * is in progress), "close" (minimise).
  *
  * Works under a strict host-page CSP: no inline script, no style attributes
  * (styling through the CSSOM only), no innerHTML, no network requests of its own.
@@ -34,6 +42,8 @@
   var LABEL_ONLINE = 'Chat with us';
   var LABEL_OFFLINE = 'Leave a message';
   var ACCENT = '#2456d6';
+  var MAX_URL = 2000;
+  var MAX_TITLE = 300;
 
   function css(el, props) {
     for (var k in props) {
@@ -43,12 +53,20 @@
     }
   }
 
+  function clip(s, n) {
+    s = typeof s === 'string' ? s : '';
+    return s.length > n ? s.slice(0, n) : s;
+  }
+
   function init() {
     if (document.getElementById(BUTTON_ID)) {
       return; // loaded twice
     }
 
     var open = false;
+    var frameReady = false;
+    var lastUrl = null;
+    var pageTimer = null;
 
     var button = document.createElement('button');
     button.id = BUTTON_ID;
@@ -74,6 +92,7 @@
       cursor: 'pointer'
     });
 
+    // Created at once (hidden): the chat page tracks page views and receives invitations.
     var frame = document.createElement('iframe');
     frame.id = FRAME_ID;
     frame.title = 'Live chat';
@@ -86,7 +105,7 @@
       bottom: '78px',
       zIndex: '2147483000',
       width: '360px',
-      height: '520px',
+      height: '540px',
       maxWidth: 'calc(100vw - 40px)',
       maxHeight: 'calc(100vh - 100px)',
       border: '0',
@@ -96,11 +115,46 @@
       colorScheme: 'normal'
     });
 
-    function setOpen(value) {
+    function post(msg) {
+      if (!frameReady) {
+        return;
+      }
+      msg.palisade = 1;
+      try {
+        frame.contentWindow.postMessage(msg, ORIGIN);
+      } catch (e) { /* ignore */ }
+    }
+
+    function pageInfo() {
+      return {
+        type: 'page',
+        url: clip(String(location.href), MAX_URL),
+        title: clip(String(document.title || ''), MAX_TITLE),
+        referrer: clip(String(document.referrer || ''), MAX_URL)
+      };
+    }
+
+    function sendPage(force) {
+      var info = pageInfo();
+      if (!force && info.url === lastUrl) {
+        return;
+      }
+      lastUrl = info.url;
+      post(info);
+    }
+
+    // History navigation (single-page sites): report the new URL once the title settled.
+    function pageChanged() {
+      clearTimeout(pageTimer);
+      pageTimer = setTimeout(function () { sendPage(false); }, 250);
+    }
+
+    function setOpen(value, takeFocus) {
       open = value;
       frame.style.display = open ? 'block' : 'none';
       button.setAttribute('aria-expanded', open ? 'true' : 'false');
-      if (open) {
+      post({ type: 'panel', open: open });
+      if (open && takeFocus) {
         try {
           frame.focus();
         } catch (e) { /* ignore */ }
@@ -108,7 +162,7 @@
     }
 
     button.addEventListener('click', function () {
-      setOpen(!open);
+      setOpen(!open, true);
     });
     button.addEventListener('mouseenter', function () {
       button.style.filter = 'brightness(1.1)';
@@ -124,12 +178,27 @@
       button.style.outline = '';
     });
 
-    // Tell the chat page who we are: it answers to event.origin only.
+    // The chat page (re)loaded: tell it who we are, where we are, and whether it shows.
     frame.addEventListener('load', function () {
-      try {
-        frame.contentWindow.postMessage({ palisade: 1, type: 'hello' }, ORIGIN);
-      } catch (e) { /* ignore */ }
+      frameReady = true;
+      post({ type: 'hello' });
+      post({ type: 'panel', open: open });
+      sendPage(true);
     });
+
+    ['pushState', 'replaceState'].forEach(function (name) {
+      var original = window.history && window.history[name];
+      if (typeof original !== 'function') {
+        return;
+      }
+      window.history[name] = function () {
+        var result = original.apply(this, arguments);
+        pageChanged();
+        return result;
+      };
+    });
+    window.addEventListener('popstate', pageChanged);
+    window.addEventListener('hashchange', pageChanged);
 
     // Messages from the chat page: exact origin and exact window only.
     window.addEventListener('message', function (event) {
@@ -142,8 +211,12 @@
       }
       if (data.type === 'status' && typeof data.online === 'boolean') {
         button.textContent = data.online ? LABEL_ONLINE : LABEL_OFFLINE;
+      } else if (data.type === 'open') {
+        if (!open) {
+          setOpen(true, false); // an invitation or a chat in progress: show, don't steal focus
+        }
       } else if (data.type === 'close') {
-        setOpen(false);
+        setOpen(false, false);
         try {
           button.focus();
         } catch (e) { /* ignore */ }

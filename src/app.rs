@@ -59,6 +59,8 @@ pub struct App {
     pub limits: Limits,
     pub stats: Stats,
     pub started: Instant,
+    /// Operators' display names, by id (events authored by operators).
+    names: Mutex<HashMap<crate::core::OperatorId, String>>,
 }
 
 impl std::fmt::Debug for App {
@@ -70,6 +72,15 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// The chat core (hold the guard briefly; never across an await).
+    pub fn core(&self) -> std::sync::MutexGuard<'_, ChatCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn names(&self) -> std::sync::MutexGuard<'_, HashMap<crate::core::OperatorId, String>> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The policy in force now (a reload may replace it at any time).
     pub fn policy(&self) -> Arc<Policy> {
         self.live().policy
@@ -435,13 +446,20 @@ pub async fn purge_expired(
         )
         .await
         .map_err(|e| e.0)?;
+    let (page_views, offline) = storage
+        .purge_tracking(
+            now - i64::from(r.visitor_tracking_days) * day,
+            now - i64::from(r.transcripts_days) * day,
+        )
+        .await
+        .map_err(|e| e.0)?;
     audit
         .record(
             ids::RETENTION_PURGE,
             "retention_purge",
             format!(
-                "chats={} events={} audit_records={} transcripts_days={} audit_days={} by={by}",
-                c.chats, c.events, c.audit_records, r.transcripts_days, r.audit_days
+                "chats={} events={} audit_records={} page_views={page_views} offline_messages={offline} transcripts_days={} visitor_tracking_days={} audit_days={} by={by}",
+                c.chats, c.events, c.audit_records, r.transcripts_days, r.visitor_tracking_days, r.audit_days
             ),
         )
         .await;
@@ -462,6 +480,134 @@ async fn housekeeping(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             }
             _ = head.tick() => log_audit_head(&app).await,
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Once a second: drop idle visitors and expired invitations, announce a changed visitor
+/// list; every two seconds, announce changed live stats.
+async fn live_updates(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_stats = String::new();
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        n += 1;
+        let policy = app.policy();
+        let now = crate::storage::now_ms();
+        let (expired, changed) = {
+            let mut core = app.core();
+            let expired = core.visitors.expire(
+                now,
+                policy.chat.visitor_idle_secs as i64 * 1000,
+                policy.chat.invite_timeout_secs as i64 * 1000,
+            );
+            (expired, core.visitors.take_changed())
+        };
+        for inv in expired {
+            app.hub.to_presence(
+                &inv.visitor,
+                crate::hub::PresenceEvent::InviteWithdrawn(inv.id),
+            );
+            app.hub
+                .to_operators(crate::hub::OperatorEvent::InviteUpdate {
+                    operator: inv.operator,
+                    invite: inv,
+                    chat: None,
+                });
+        }
+        if changed {
+            app.hub
+                .to_operators(crate::hub::OperatorEvent::VisitorsChanged);
+        }
+        if n % 2 == 0 {
+            if let Ok(stats) = live_stats(&app).await {
+                let text = stats.to_string();
+                if text != last_stats {
+                    app.hub
+                        .to_operators(crate::hub::OperatorEvent::Stats(text.clone().into()));
+                    last_stats = text;
+                }
+            }
+        }
+    }
+}
+
+/// Start of the current UTC day, in Unix milliseconds.
+pub fn today_start_ms() -> i64 {
+    let now = crate::storage::now_ms();
+    now - now.rem_euclid(86_400_000)
+}
+
+/// The live stats object (`Stats` in docs/api.md).
+pub async fn live_stats(app: &App) -> Result<serde_json::Value, String> {
+    let now = crate::storage::now_ms();
+    let (visitors, active, waiting, longest) = {
+        let core = app.core();
+        let live = core.live();
+        let active = live
+            .iter()
+            .filter(|(_, s, _)| matches!(s, crate::core::ChatState::Active { .. }))
+            .count();
+        let queue = core.queue();
+        let longest = queue
+            .iter()
+            .map(|(_, since)| (now - since) / 1000)
+            .max()
+            .unwrap_or(0);
+        (core.visitors.count(), active, queue.len(), longest)
+    };
+    let day = app
+        .storage
+        .day_counts(today_start_ms())
+        .await
+        .map_err(|e| e.0)?;
+    Ok(serde_json::json!({
+        "visitors_online": visitors,
+        "chats_active": active,
+        "chats_waiting": waiting,
+        "longest_wait_secs": longest.max(0),
+        "chats_today": day.chats_today,
+        "missed_today": day.missed_today,
+        "average_rating": day.average_rating.map(|a| (a * 10.0).round() / 10.0),
+        "ratings_count": day.ratings_count,
+    }))
+}
+
+/// End the sessions (and event streams) of accounts changed from the console while the
+/// daemon runs: a new password, a disabled account, a new role.
+async fn watch_accounts(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut since = crate::storage::now_ms();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(changed) = app.storage.operators_changed_since(since).await else {
+            continue;
+        };
+        for (op, changed_ms) in changed {
+            since = since.max(changed_ms);
+            let ended = app.auth.end_sessions_of(op);
+            app.names().remove(&op);
+            app.hub
+                .to_operators(crate::hub::OperatorEvent::SessionsEnded {
+                    operator: op,
+                    session: None,
+                });
+            if ended > 0 {
+                app.audit
+                    .record(
+                        ids::LOGOUT,
+                        "logout",
+                        format!("operator={} sessions={ended} reason=account_changed", op.0),
+                    )
+                    .await;
+            }
         }
     }
 }
@@ -558,9 +704,14 @@ pub async fn start(
             token.copy_from_slice(&chat.token_hash);
         }
         match (chat.state.as_str(), chat.operator_id) {
-            ("active", Some(op)) => core.restore_active(chat.id, token, op),
-            _ => core.open_queued(chat.id, token, chat.created_ms),
+            ("active", Some(op)) => core.open_active(chat.id, token, op, chat.department.clone()),
+            _ => core.open_queued(chat.id, token, chat.created_ms, chat.department.clone()),
         }
+        core.set_label(
+            chat.id,
+            chat.visitor.name.clone(),
+            chat.visitor.question.clone(),
+        );
     }
 
     let to_tokio = |v: Vec<std::net::TcpListener>| -> Result<Vec<TcpListener>, StartError> {
@@ -604,6 +755,7 @@ pub async fn start(
         limits: Limits::default(),
         stats: Stats::default(),
         started: Instant::now(),
+        names: Mutex::new(HashMap::new()),
     });
     announce_policy(&app, &live).await;
 
@@ -628,6 +780,8 @@ pub async fn start(
     }
     tokio::spawn(refused_summary(app.clone(), shutdown_rx.clone()));
     tokio::spawn(housekeeping(app.clone(), shutdown_rx.clone()));
+    tokio::spawn(live_updates(app.clone(), shutdown_rx.clone()));
+    tokio::spawn(watch_accounts(app.clone(), shutdown_rx.clone()));
     Ok(Running {
         app,
         visitor_addrs,

@@ -24,7 +24,10 @@ fn dev_dir() -> Option<&'static PathBuf> {
     DIR.get_or_init(|| {
         let d = std::env::var_os("PALISADE_ASSETS_DIR").map(PathBuf::from);
         if let Some(d) = &d {
-            tracing::warn!("serving front-end files from {} (development only)", d.display());
+            tracing::warn!(
+                "serving front-end files from {} (development only)",
+                d.display()
+            );
         }
         d
     })

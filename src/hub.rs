@@ -4,30 +4,54 @@
 //! order; streams that fall behind re-read from the database, so nothing is skipped.
 #![forbid(unsafe_code)]
 
-use crate::core::{ChatId, OperatorId};
+use crate::core::visitors::Invite;
+use crate::core::{ChatId, OperatorId, Receipts};
 use crate::storage::StoredEvent;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
-/// What operator event streams receive.
+/// What operator event streams receive; each stream keeps what concerns its operator.
 #[derive(Debug, Clone)]
 pub enum OperatorEvent {
     /// The waiting queue changed.
     QueueChanged,
-    /// A stored event of a chat assigned to `operator`.
+    /// A stored event, for the operators who see that chat (assigned and monitoring).
     Stored {
-        operator: OperatorId,
+        audience: Arc<[OperatorId]>,
         event: Arc<StoredEvent>,
     },
-    /// The visitor of a chat assigned to `operator` is (not) typing.
+    /// The visitor of a chat is (not) typing.
     Typing {
-        operator: OperatorId,
+        audience: Arc<[OperatorId]>,
         chat: ChatId,
         typing: bool,
     },
-    /// A chat assigned to `operator` changed hands or state; re-send it.
-    ChatChanged { operator: OperatorId, chat: ChatId },
+    /// How far the visitor got, for the operators who see that chat.
+    Receipt {
+        audience: Arc<[OperatorId]>,
+        chat: ChatId,
+        receipts: Receipts,
+    },
+    /// These operators should re-send this chat (accepted, transferred, ended, wrapped up).
+    ChatChanged {
+        audience: Arc<[OperatorId]>,
+        chat: ChatId,
+    },
+    /// The chat is no longer this operator's.
+    ChatRemoved { operator: OperatorId, chat: ChatId },
+    /// The live visitor list changed.
+    VisitorsChanged,
+    /// An invitation of this operator changed state.
+    InviteUpdate {
+        operator: OperatorId,
+        invite: Invite,
+        chat: Option<ChatId>,
+    },
+    /// New live stats (already serialised).
+    Stats(Arc<str>),
+    /// The offline inbox changed.
+    InboxChanged,
     /// These sessions (all of an operator's, when `session` is `None`) ended.
     SessionsEnded {
         operator: OperatorId,
@@ -35,18 +59,27 @@ pub enum OperatorEvent {
     },
 }
 
-/// What a visitor's event stream receives.
+/// What a visitor's chat event stream receives.
 #[derive(Debug, Clone)]
 pub enum VisitorEvent {
     Stored(Arc<StoredEvent>),
     QueuePosition(usize),
     OperatorTyping(bool),
+    Receipt(Receipts),
+}
+
+/// What a browsing visitor's presence stream receives.
+#[derive(Debug, Clone)]
+pub enum PresenceEvent {
+    Invite(Invite, String),
+    InviteWithdrawn(u64),
 }
 
 #[derive(Debug)]
 pub struct Hub {
     operators: broadcast::Sender<OperatorEvent>,
     chats: Mutex<HashMap<ChatId, broadcast::Sender<VisitorEvent>>>,
+    presence: Mutex<HashMap<String, broadcast::Sender<PresenceEvent>>>,
 }
 
 impl Default for Hub {
@@ -55,11 +88,16 @@ impl Default for Hub {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Hub {
     pub fn new() -> Hub {
         Hub {
-            operators: broadcast::channel(1024).0,
+            operators: broadcast::channel(4096).0,
             chats: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
         }
     }
 
@@ -72,33 +110,60 @@ impl Hub {
     }
 
     pub fn subscribe_chat(&self, chat: ChatId) -> broadcast::Receiver<VisitorEvent> {
-        let mut map = self.chats.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(chat)
+        lock(&self.chats)
+            .entry(chat)
             .or_insert_with(|| broadcast::channel(256).0)
             .subscribe()
     }
 
+    /// Is a visitor stream open for this chat?
+    pub fn chat_has_listener(&self, chat: ChatId) -> bool {
+        lock(&self.chats)
+            .get(&chat)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     pub fn to_chat(&self, chat: ChatId, e: VisitorEvent) {
-        let mut map = self.chats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.chats);
         if let Some(tx) = map.get(&chat) {
             if tx.send(e).is_err() {
-                // Nobody listens any more.
                 map.remove(&chat);
             }
         }
     }
 
-    /// Publish a committed event to the chat's visitor and its operator (if any).
-    pub fn publish(&self, event: &StoredEvent, operator: Option<OperatorId>) {
+    /// Publish a committed event to the chat's visitor (if they may see it) and to the
+    /// operators who see the chat.
+    pub fn publish(&self, event: &StoredEvent, audience: Vec<OperatorId>) {
         let event = Arc::new(event.clone());
-        self.to_chat(event.chat_id, VisitorEvent::Stored(event.clone()));
-        if let Some(operator) = operator {
-            self.to_operators(OperatorEvent::Stored { operator, event });
+        if event.kind.visitor_visible() {
+            self.to_chat(event.chat_id, VisitorEvent::Stored(event.clone()));
+        }
+        if !audience.is_empty() {
+            self.to_operators(OperatorEvent::Stored {
+                audience: audience.into(),
+                event,
+            });
         }
     }
 
     pub fn forget_chat(&self, chat: ChatId) {
-        let mut map = self.chats.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&chat);
+        lock(&self.chats).remove(&chat);
+    }
+
+    pub fn subscribe_presence(&self, visitor: &str) -> broadcast::Receiver<PresenceEvent> {
+        lock(&self.presence)
+            .entry(visitor.to_string())
+            .or_insert_with(|| broadcast::channel(16).0)
+            .subscribe()
+    }
+
+    pub fn to_presence(&self, visitor: &str, e: PresenceEvent) {
+        let mut map = lock(&self.presence);
+        if let Some(tx) = map.get(visitor) {
+            if tx.send(e).is_err() {
+                map.remove(visitor);
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod assets;
 pub mod audit;
+pub mod chat;
 pub mod cli;
 pub mod core;
 pub mod http;

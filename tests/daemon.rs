@@ -157,6 +157,7 @@ async fn visitor_and_operator_chat_end_to_end() {
 async fn event_stream_resume_replays_exactly_what_was_missed() {
     let demo = Demo::start();
     let v = demo.visitor();
+    let _online = demo.operator_online().await;
     let (_chat, token) = start_chat(&v, "Rhea", "resume?").await;
     let mut ids = vec![];
     for i in 0..6 {
@@ -401,6 +402,7 @@ async fn operator_requests_need_origin_session_and_ownership() {
     assert_eq!(r.status, 403);
     let cookie_v = demo.login(&o).await;
     assert!(cookie_v.starts_with("__Host-palisade_session="));
+    let _online = demo.operator_online().await;
     let (chat, _token) = start_chat(&v, "Ida", "idor?").await;
     // Not yet accepted by this operator: looks like no chat at all.
     let r = o
@@ -526,6 +528,7 @@ async fn responses_carry_strict_headers_and_limits_hold() {
 async fn database_holds_no_message_text_or_visitor_name_in_clear() {
     let demo = Demo::start();
     let v = demo.visitor();
+    let _online = demo.operator_online().await;
     let name = "Zelda Plaintextcheck";
     let (_c, token) = start_chat(&v, name, "question-marker-7f3a").await;
     let msg = "message-marker-91bd2c";
@@ -718,6 +721,7 @@ async fn acknowledged_messages_survive_kill_9() {
     let vaddr = demo.addr("visitor_url");
     let serve = Serve::start(&cfg, vaddr).expect("serve starts");
     let v = demo.visitor();
+    let online = demo.operator_online().await;
     let mut chats = vec![];
     for i in 0..4 {
         chats.push(start_chat(&v, &format!("Durable {i}"), "kill -9?").await);
@@ -754,6 +758,7 @@ async fn acknowledged_messages_survive_kill_9() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     serve.kill9();
+    drop(online);
     for t in tasks {
         let _ = t.await;
     }

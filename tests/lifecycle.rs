@@ -41,6 +41,7 @@ async fn sighup_keeps_the_old_config_on_bad_input_and_applies_a_good_one_without
     let serve = Serve::start(&demo.config(), demo.addr("visitor_url")).unwrap();
     let (v, o) = (demo.visitor(), demo.operator());
     let session = demo.login(&o).await;
+    let _online = demo.operator_online().await;
     let (chat, token) = start_chat(&v, "Reload Rita", "still here?").await;
     let accepted = o
         .post_json(
@@ -345,6 +346,7 @@ async fn retention_erasure_and_backup_work_online() {
     let demo = laid_out_demo();
     let serve = Serve::start(&demo.config(), demo.addr("visitor_url")).unwrap();
     let v = demo.visitor();
+    let _online = demo.operator_online().await;
     let (old_chat, old_token) = start_chat(&v, "Olga Oldchat", "old question").await;
     v.post_json(
         "/api/v1/visitor/messages",

@@ -29,6 +29,9 @@ pub mod ids {
     pub const RETENTION_PURGE: &str = "b8e3c1d5f7a94b2c8e6d0f4a2c6e8b19";
     pub const VISITOR_ERASED: &str = "c4a9e7b2d1f84c3e9b5a7d0e2f4c6a81";
     pub const BACKUP_WRITTEN: &str = "e2d4f6a8c0b14e3d9f7a5c3e1b9d7f52";
+    pub const SUPERVISOR_ACTION: &str = "7b3e9d1c5a2f4e8b9c6d0a3f5e7b1d48";
+    pub const INVITATION: &str = "a1f7c3e9b5d24f6a8e0c2b4d6f8a1c35";
+    pub const TOTP_CHANGED: &str = "d6b2f8e4a0c94d1e7b3f5a9c1e7d3b62";
 
     /// Every id the code emits, with its event name (kept equal to the journal catalog).
     pub const ALL: &[(&str, &str)] = &[
@@ -52,6 +55,9 @@ pub mod ids {
         (RETENTION_PURGE, "retention_purge"),
         (VISITOR_ERASED, "visitor_erased"),
         (BACKUP_WRITTEN, "backup_written"),
+        (SUPERVISOR_ACTION, "supervisor_action"),
+        (INVITATION, "invitation"),
+        (TOTP_CHANGED, "totp_changed"),
     ];
 }
 

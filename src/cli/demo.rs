@@ -135,7 +135,15 @@ fn write_policy(
             toml_list(&[o.pin.clone(), o.backup_pin.clone()]),
         ),
     )?;
-    write_public(&p.join("accounts.toml"), DEFAULT_ACCOUNTS)?;
+    // The demo operator is an admin; TOTP enrolment stays optional in the demo.
+    write_public(
+        &p.join("accounts.toml"),
+        &DEFAULT_ACCOUNTS.replace(
+            "totp_required_roles = [\"supervisor\", \"admin\"]",
+            "totp_required_roles = []",
+        ),
+    )?;
+    write_public(&p.join("chat.toml"), DEFAULT_CHAT)?;
     write_public(
         &p.join("visitor.toml"),
         &format!(
@@ -150,6 +158,8 @@ fn write_policy(
 pub const DEFAULT_ACCOUNTS: &str = include_str!("../../policy/accounts.toml");
 /// The shipped default retention policy (also used by the demo).
 pub const DEFAULT_RETENTION: &str = include_str!("../../policy/retention.toml");
+/// The shipped default chat policy (also used by the demo).
+pub const DEFAULT_CHAT: &str = include_str!("../../policy/chat.toml");
 
 pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
     crate::sandbox::harden_process()?;
@@ -244,6 +254,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
             "Demo Operator".into(),
             pw_hash,
             "admin".into(),
+            Vec::new(),
         )
         .await
         .map_err(|e| e.0)?;
@@ -258,7 +269,9 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?,
         "1.2",
     )?;
-    let page = Arc::new(crate::assets::get("demo-page.html").replace("{{VISITOR_ORIGIN}}", &visitor_origin));
+    let page = Arc::new(
+        crate::assets::get("demo-page.html").replace("{{VISITOR_ORIGIN}}", &visitor_origin),
+    );
     let page_csp = Arc::new(format!(
         "default-src 'none'; script-src {visitor_origin}; frame-src {visitor_origin}; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ));

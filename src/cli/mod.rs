@@ -162,6 +162,9 @@ enum OperatorCommand {
         display_name: Option<String>,
         #[arg(long, default_value = "operator", value_parser = ["operator", "supervisor", "admin"])]
         role: String,
+        /// Departments (comma-separated) the operator serves; none means all.
+        #[arg(long, default_value = "")]
+        departments: String,
     },
     /// Change an operator's password (read from standard input); ends their sessions.
     Passwd {
@@ -559,6 +562,7 @@ async fn operator(cmd: OperatorCommand) -> Result<ExitCode, String> {
             config,
             display_name,
             role,
+            departments,
         } => {
             let cfg = load_config(&config)?;
             let policy = crate::policy::load_policy(&cfg.policy_dir).map_err(|e| e.to_string())?;
@@ -566,10 +570,22 @@ async fn operator(cmd: OperatorCommand) -> Result<ExitCode, String> {
             let pw = read_secret_line("password")?;
             check_password(&pw, policy.accounts.password_min_chars)?;
             let hash = crate::operator::auth::hash_secret(&policy.accounts.argon2, &pw)?;
+            let departments: Vec<String> = departments
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect();
+            if let Some(d) = departments
+                .iter()
+                .find(|d| !policy.chat.departments.contains(d))
+            {
+                return Err(format!("no department {d:?} in chat.toml"));
+            }
             let storage = open_storage(&cfg)?;
             let display = display_name.unwrap_or_else(|| name.clone());
             storage
-                .add_operator(name.clone(), display, hash, role.clone())
+                .add_operator(name.clone(), display, hash, role.clone(), departments)
                 .await
                 .map_err(|e| e.0)?;
             crate::audit::Auditor::new(storage)

@@ -22,12 +22,46 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// An operator's role. Supervisors and admins may monitor, whisper, take over and manage
+/// canned responses; everyone may chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Operator,
+    Supervisor,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Role {
+        match s {
+            "admin" => Role::Admin,
+            "supervisor" => Role::Supervisor,
+            _ => Role::Operator,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn supervises(self) -> bool {
+        self >= Role::Supervisor
+    }
+}
+
 /// Proof that a request carries a valid, unexpired session. Only [`Auth`] builds one.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedOperator {
     pub id: OperatorId,
     pub username: String,
     pub display_name: String,
+    pub role: Role,
+    pub departments: Vec<String>,
+    /// The policy requires TOTP for this role and it is not enrolled yet.
+    pub must_enroll: bool,
     session: [u8; 32],
 }
 
@@ -85,13 +119,11 @@ struct Failures {
     blocked_until: Option<Instant>,
 }
 
-/// Outcome of a login attempt, as the handler needs it.
+/// Outcome of checking the password and the authentication string.
 #[derive(Debug)]
 pub enum LoginOutcome {
-    Ok {
-        operator: AuthenticatedOperator,
-        token: Secret,
-    },
+    /// Both secrets are right for an enabled account; a second factor may still be due.
+    Valid(AccountView),
     /// Wrong username, password, authentication string, or a disabled account — one answer.
     Invalid { reason: &'static str },
     /// Backoff in force for this account or source.
@@ -105,6 +137,9 @@ struct Session {
     operator: OperatorId,
     username: String,
     display_name: String,
+    role: Role,
+    departments: Vec<String>,
+    must_enroll: bool,
     created: Instant,
     last_seen: Instant,
 }
@@ -117,6 +152,9 @@ pub struct AccountView {
     pub display_name: String,
     pub password_hash: String,
     pub disabled: bool,
+    pub role: Role,
+    pub departments: Vec<String>,
+    pub totp_enabled: bool,
 }
 
 impl std::fmt::Debug for AccountView {
@@ -239,6 +277,11 @@ impl Auth {
         Some(Duration::from_secs(secs))
     }
 
+    /// Count a failed login (also one that failed at the second factor).
+    pub fn fail(&self, username: &str, source: IpAddr) {
+        self.note_failure(username, source, Instant::now());
+    }
+
     fn note_failure(&self, username: &str, source: IpAddr, now: Instant) {
         let login = read(&self.login);
         let mut acc = lock(&self.by_account);
@@ -319,36 +362,59 @@ impl Auth {
             (Some(_), true, true) => None,
         };
         match (reason, account) {
-            (None, Some(a)) => {
-                self.note_success(username, source);
-                let token = new_token();
-                let hash = token_hash(token.expose());
-                let now = Instant::now();
-                lock(&self.sessions).insert(
-                    hash,
-                    Session {
-                        operator: a.id,
-                        username: a.username.clone(),
-                        display_name: a.display_name.clone(),
-                        created: now,
-                        last_seen: now,
-                    },
-                );
-                LoginOutcome::Ok {
-                    operator: AuthenticatedOperator {
-                        id: a.id,
-                        username: a.username,
-                        display_name: a.display_name,
-                        session: hash,
-                    },
-                    token,
-                }
-            }
+            (None, Some(a)) => LoginOutcome::Valid(a),
             (reason, _) => {
                 self.note_failure(username, source, Instant::now());
                 LoginOutcome::Invalid {
                     reason: reason.unwrap_or("unknown_user"),
                 }
+            }
+        }
+    }
+
+    /// Open a session for an account whose every factor checked out.
+    pub fn open_session(
+        &self,
+        a: &AccountView,
+        source: IpAddr,
+        must_enroll: bool,
+    ) -> (AuthenticatedOperator, Secret) {
+        self.note_success(&a.username, source);
+        let token = new_token();
+        let hash = token_hash(token.expose());
+        let now = Instant::now();
+        lock(&self.sessions).insert(
+            hash,
+            Session {
+                operator: a.id,
+                username: a.username.clone(),
+                display_name: a.display_name.clone(),
+                role: a.role,
+                departments: a.departments.clone(),
+                must_enroll,
+                created: now,
+                last_seen: now,
+            },
+        );
+        (
+            AuthenticatedOperator {
+                id: a.id,
+                username: a.username.clone(),
+                display_name: a.display_name.clone(),
+                role: a.role,
+                departments: a.departments.clone(),
+                must_enroll,
+                session: hash,
+            },
+            token,
+        )
+    }
+
+    /// TOTP is now enrolled for this operator: lift the enrolment gate on their sessions.
+    pub fn enrolled(&self, op: OperatorId) {
+        for s in lock(&self.sessions).values_mut() {
+            if s.operator == op {
+                s.must_enroll = false;
             }
         }
     }
@@ -373,6 +439,9 @@ impl Auth {
             id: s.operator,
             username: s.username.clone(),
             display_name: s.display_name.clone(),
+            role: s.role,
+            departments: s.departments.clone(),
+            must_enroll: s.must_enroll,
             session: hash,
         })
     }
@@ -391,6 +460,14 @@ impl Auth {
 
     pub fn end_session(&self, hash: &[u8; 32]) {
         lock(&self.sessions).remove(hash);
+    }
+
+    /// How many live sessions an operator has.
+    pub fn sessions_of(&self, op: OperatorId) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| s.operator == op)
+            .count()
     }
 
     /// End every session of an operator (password change, disable).
@@ -443,6 +520,9 @@ mod tests {
             display_name: "Ann".into(),
             password_hash: hash_secret(&a, &Secret::new("pw-ann-123".into())).unwrap(),
             disabled: false,
+            role: Role::Operator,
+            departments: vec![],
+            totp_enabled: false,
         };
         let src: IpAddr = "127.0.0.1".parse().unwrap();
         let ok = auth
@@ -454,9 +534,10 @@ mod tests {
                 src,
             )
             .await;
-        let LoginOutcome::Ok { token, .. } = ok else {
+        let LoginOutcome::Valid(valid) = ok else {
             panic!("{ok:?}")
         };
+        let (_, token) = auth.open_session(&valid, src, false);
         assert!(auth.session(token.expose(), true).is_some());
         let bad_string = auth
             .login(

@@ -1,31 +1,33 @@
 //! The operator listener's routes: the console and the operator API.
 //!
 //! Every API route except login takes an [`AuthenticatedOperator`] (from the session
-//! cookie) and every chat route an [`OperatorChat`] (the chat is assigned to that operator),
-//! so a handler cannot act on a chat without both checks. Foreign and unknown chat ids get
-//! the same 404.
+//! cookie) and every chat action an [`OperatorChat`] or a check on assignment or role,
+//! so a handler cannot act on a chat without both checks. Foreign and unknown chat ids
+//! get the same 404.
 #![forbid(unsafe_code)]
 
 pub mod allowlist;
 pub mod auth;
+mod stream;
+pub mod totp;
 
 use crate::app::App;
 use crate::audit::ids;
-use crate::core::{ChatId, OperatorChat, Refusal};
+use crate::chat;
+use crate::core::{ChatId, ChatState, OperatorChat, Presence, TransferTarget};
 use crate::http::{self, content, error, json, no_content, read_json, secure_headers, Resp};
-use crate::hub::{OperatorEvent, VisitorEvent};
+use crate::hub::{OperatorEvent, PresenceEvent, VisitorEvent};
 use crate::secret::Secret;
-use crate::storage::{EventKind, Sender};
+use crate::storage::{now_ms, Canned, EventKind, SearchQuery, Sender};
+use crate::visitor::{action_error, message_text, ReadBody, TypingBody};
 use allowlist::AllowedPeer;
-use auth::{AccountView, AuthenticatedOperator, LoginOutcome};
+use auth::{AccountView, AuthenticatedOperator, LoginOutcome, Role};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
-
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -71,25 +73,36 @@ fn session_token(req: &Request<Incoming>) -> Option<String> {
     None
 }
 
+fn forbidden() -> Resp {
+    error(StatusCode::FORBIDDEN, "this needs a supervisor or admin")
+}
+
+fn not_found() -> Resp {
+    error(StatusCode::NOT_FOUND, "no such chat")
+}
+
 async fn route(app: Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let asset = |name: &str, ctype: &'static str| {
+        content(StatusCode::OK, ctype, crate::assets::get(name).into_owned())
+    };
     match (&method, path.as_str()) {
         (&Method::GET, "/") | (&Method::GET, "/index.html") => {
-            return content(StatusCode::OK, "text/html; charset=utf-8", crate::assets::get("console.html").into_owned())
+            return asset("console.html", "text/html; charset=utf-8")
         }
         (&Method::GET, "/assets/console.js") => {
-            return content(StatusCode::OK, "text/javascript; charset=utf-8", crate::assets::get("console.js").into_owned())
+            return asset("console.js", "text/javascript; charset=utf-8")
         }
         (&Method::GET, "/assets/console.css") => {
-            return content(StatusCode::OK, "text/css; charset=utf-8", crate::assets::get("console.css").into_owned())
+            return asset("console.css", "text/css; charset=utf-8")
         }
         _ => {}
     }
     if !path.starts_with("/api/v1/operator/") {
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     }
-    if method == Method::POST && !origin_ok(&req) {
+    if method != Method::GET && !origin_ok(&req) {
         return error(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
     if (&method, path.as_str()) == (&Method::POST, "/api/v1/operator/login") {
@@ -102,55 +115,113 @@ async fn route(app: Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Resp
     let Some(seg) = http::segments(&path, "/api/v1/operator/") else {
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     };
+    if op.must_enroll && !matches!(seg.as_slice(), ["me"] | ["logout"] | ["totp", _]) {
+        return json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "two-factor enrolment required", "enrol": true}),
+        );
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
     match (&method, seg.as_slice()) {
         (&Method::POST, ["logout"]) => logout(&app, op).await,
-        (&Method::GET, ["me"]) => json(StatusCode::OK, &me_json(&op)),
-        (&Method::GET, ["state"]) => json(StatusCode::OK, &snapshot(&app, &op).await),
-        (&Method::GET, ["events"]) => events(&app, op),
+        (&Method::GET, ["me"]) => json(StatusCode::OK, &me_json(&app, &op).await),
+        (&Method::POST, ["presence"]) => presence(&app, &op, req).await,
+        (&Method::GET, ["state"]) => json(StatusCode::OK, &stream::snapshot(&app, &op).await),
+        (&Method::GET, ["events"]) => stream::events(&app, op),
+        (&Method::GET, ["live"]) => live(&app, &op).await,
+        (&Method::GET, ["visitors"]) => json(
+            StatusCode::OK,
+            &serde_json::json!({"visitors": stream::visitors_json(&app)}),
+        ),
+        (&Method::POST, ["visitors", vid, "invite"]) => invite(&app, &op, vid, req).await,
+        (&Method::GET, ["canned"]) => canned_list(&app).await,
+        (&Method::POST, ["canned"]) => canned_save(&app, &op, 0, req).await,
+        (&Method::PUT, ["canned", id]) => match id.parse::<i64>() {
+            Ok(id) if id > 0 => canned_save(&app, &op, id, req).await,
+            _ => error(StatusCode::NOT_FOUND, "no such canned response"),
+        },
+        (&Method::DELETE, ["canned", id]) => canned_delete(&app, &op, id).await,
+        (&Method::GET, ["inbox"]) => inbox(&app, &op).await,
+        (&Method::POST, ["inbox", id, "read"]) => inbox_read(&app, &op, id).await,
+        (&Method::GET, ["stats"]) => match crate::app::live_stats(&app).await {
+            Ok(s) => json(StatusCode::OK, &s),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "stats are unavailable"),
+        },
+        (&Method::GET, ["search"]) => search(&app, &op, &query).await,
+        (&Method::GET, ["operators"]) => operators(&app).await,
+        (&Method::POST, ["totp", "enroll"]) => totp_enroll(&app, &op).await,
+        (&Method::POST, ["totp", "confirm"]) => totp_confirm(&app, &op, req).await,
         (_, ["chats", id, action]) => {
             let Some(chat) = id.parse::<i64>().ok().filter(|n| *n > 0).map(ChatId) else {
-                return error(StatusCode::NOT_FOUND, "no such chat");
+                return not_found();
             };
-            match (&method, *action) {
-                (&Method::POST, "accept") => accept(&app, &op, chat).await,
-                (&Method::GET, "transcript") => transcript(&app, &op, chat).await,
-                (m, a) => {
-                    let oc = match app
-                        .core
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .operator_chat(op.id, chat)
-                    {
-                        Ok(oc) => oc,
-                        Err(r) => return refusal(r),
-                    };
-                    match (m, a) {
-                        (&Method::POST, "messages") => send_message(&app, &op, oc, req).await,
-                        (&Method::POST, "typing") => typing(&app, oc, req).await,
-                        (&Method::POST, "end") => {
-                            end_chat_common(&app, oc.id(), Sender::Operator).await
-                        }
-                        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
-                    }
-                }
-            }
+            chat_action(&app, &op, chat, &method, action, req).await
         }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
 
-fn refusal(r: Refusal) -> Resp {
-    let status = match r {
-        Refusal::NotFound => StatusCode::NOT_FOUND,
-        Refusal::AlreadyTaken | Refusal::Ended | Refusal::AtCapacity | Refusal::NotYetAccepted => {
-            StatusCode::CONFLICT
+async fn chat_action(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    chat: ChatId,
+    method: &Method,
+    action: &str,
+    req: Request<Incoming>,
+) -> Resp {
+    match (method, action) {
+        (&Method::POST, "accept") => match chat::accept(app, op, chat).await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "chat_id": chat })),
+            Err(e) => action_error(e),
+        },
+        (&Method::GET, "transcript") => transcript(app, op, chat).await,
+        (&Method::POST, "wrapup") => wrapup(app, op, chat, req).await,
+        (&Method::POST, "monitor") => monitor(app, op, chat, req).await,
+        (&Method::POST, "whisper") => whisper(app, op, chat, req).await,
+        (&Method::POST, "takeover") => takeover(app, op, chat).await,
+        (m, a) => {
+            let oc = match app.core().operator_chat(op.id, chat) {
+                Ok(oc) => oc,
+                Err(_) => return not_found(),
+            };
+            match (m, a) {
+                (&Method::POST, "messages") => send_message(app, op, oc, req).await,
+                (&Method::POST, "typing") => typing(app, oc, req).await,
+                (&Method::POST, "read") => read_up_to(app, oc, req).await,
+                (&Method::POST, "transfer") => transfer(app, op, oc, req).await,
+                (&Method::POST, "end") => match chat::end(app, oc.id(), Sender::Operator).await {
+                    Ok(ev) => json(StatusCode::OK, &serde_json::json!({ "id": ev.id })),
+                    Err(e) => action_error(e),
+                },
+                _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+            }
         }
-    };
-    error(status, r.message())
+    }
 }
 
-fn me_json(op: &AuthenticatedOperator) -> serde_json::Value {
-    serde_json::json!({ "username": op.username, "display_name": op.display_name })
+/// `Me` in docs/api.md (plus what the console needs to render forms).
+pub async fn me_json(app: &App, op: &AuthenticatedOperator) -> serde_json::Value {
+    let policy = app.policy();
+    let totp_enabled = app
+        .storage
+        .operator_by_id(op.id)
+        .await
+        .ok()
+        .flatten()
+        .map(|o| o.totp_enabled)
+        .unwrap_or(false);
+    serde_json::json!({
+        "username": op.username,
+        "display_name": op.display_name,
+        "role": op.role,
+        "presence": app.core().presence(op.id),
+        "departments": op.departments,
+        "totp_enabled": totp_enabled,
+        "totp_required": policy.accounts.totp_required_roles.iter().any(|r| r == op.role.as_str()),
+        "all_departments": policy.chat.departments,
+        "wrapup_categories": policy.chat.wrapup_categories,
+        "routing": policy.chat.routing,
+    })
 }
 
 #[derive(Deserialize)]
@@ -159,6 +230,40 @@ struct LoginBody {
     username: String,
     password: Secret,
     auth_string: Secret,
+    #[serde(default)]
+    totp: Secret,
+}
+
+/// Check a TOTP code or a recovery code for an account that has TOTP enabled.
+async fn second_factor_ok(app: &App, a: &AccountView, code: &Secret) -> bool {
+    let code = code.expose().trim();
+    if code.is_empty() {
+        return false;
+    }
+    if totp::looks_like_recovery(code) {
+        let used = app
+            .storage
+            .use_recovery_code(a.id, totp::recovery_hash(code))
+            .await
+            .unwrap_or(false);
+        if used {
+            app.audit
+                .record(
+                    ids::TOTP_CHANGED,
+                    "totp_changed",
+                    format!("user={} action=recovery_code_used", a.username),
+                )
+                .await;
+        }
+        return used;
+    }
+    let Ok(Some((secret, true, last))) = app.storage.totp(a.id).await else {
+        return false;
+    };
+    match totp::verify(&secret, code, now_ms() / 1000, last) {
+        Some(step) => app.storage.use_totp_step(a.id, step).await.unwrap_or(false),
+        None => false,
+    }
 }
 
 async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Resp {
@@ -178,6 +283,9 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
             display_name: r.display_name,
             password_hash: r.password_hash,
             disabled: r.disabled,
+            role: Role::parse(&r.role),
+            departments: r.departments,
+            totp_enabled: r.totp_enabled,
         }),
         Err(e) => {
             tracing::error!(error = %e, "operator lookup failed");
@@ -188,20 +296,58 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
         }
     };
     let source = peer.ip();
+    let failed = |reason: &'static str| {
+        let app = app.clone();
+        let user = sanitize(&username);
+        async move {
+            app.audit
+                .record(
+                    ids::LOGIN_FAILED,
+                    "login_failed",
+                    format!("user={user} source={source} reason={reason}"),
+                )
+                .await;
+        }
+    };
     match app
         .auth
         .login(&username, body.password, body.auth_string, account, source)
         .await
     {
-        LoginOutcome::Ok { operator, token } => {
+        LoginOutcome::Valid(a) => {
+            if a.totp_enabled && !second_factor_ok(app, &a, &body.totp).await {
+                app.auth.fail(&username, source);
+                failed("bad_totp").await;
+                return invalid();
+            }
+            let policy = app.policy();
+            let must_enroll = !a.totp_enabled
+                && policy
+                    .accounts
+                    .totp_required_roles
+                    .iter()
+                    .any(|r| r == a.role.as_str());
+            let (operator, token) = app.auth.open_session(&a, source, must_enroll);
+            app.core()
+                .set_operator_profile(a.id, a.departments.clone(), None);
+            app.names().insert(a.id, a.display_name.clone());
             app.audit
                 .record(
                     ids::LOGIN_OK,
                     "login_ok",
-                    format!("user={} source={source}", operator.username),
+                    format!(
+                        "user={} role={} source={source}{}",
+                        operator.username,
+                        operator.role.as_str(),
+                        if a.totp_enabled {
+                            " second_factor=totp"
+                        } else {
+                            ""
+                        }
+                    ),
                 )
                 .await;
-            let mut r = json(StatusCode::OK, &me_json(&operator));
+            let mut r = json(StatusCode::OK, &me_json(app, &operator).await);
             let cookie = format!(
                 "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
                 token.expose(),
@@ -213,16 +359,7 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
             r
         }
         LoginOutcome::Invalid { reason } => {
-            app.audit
-                .record(
-                    ids::LOGIN_FAILED,
-                    "login_failed",
-                    format!(
-                        "user={} source={source} reason={reason}",
-                        sanitize(&username)
-                    ),
-                )
-                .await;
+            failed(reason).await;
             invalid()
         }
         LoginOutcome::Throttled { retry_after } => {
@@ -276,6 +413,9 @@ async fn logout(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
     app.audit
         .record(ids::LOGOUT, "logout", format!("user={}", op.username))
         .await;
+    if app.auth.sessions_of(op.id) == 0 {
+        chat::requeue_operator(app, op.id).await;
+    }
     let mut r = no_content();
     r.headers_mut().insert(
         header::SET_COOKIE,
@@ -286,220 +426,32 @@ async fn logout(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
     r
 }
 
-/// Tell every queued visitor their position and every operator the new queue.
-pub fn queue_changed(app: &App) {
-    let queue = app.core.lock().unwrap_or_else(|p| p.into_inner()).queue();
-    for (i, (chat, _)) in queue.iter().enumerate() {
-        app.hub.to_chat(*chat, VisitorEvent::QueuePosition(i + 1));
-    }
-    app.hub.to_operators(OperatorEvent::QueueChanged);
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceBody {
+    presence: String,
 }
 
-async fn queue_json(app: &App) -> serde_json::Value {
-    let queue = app.core.lock().unwrap_or_else(|p| p.into_inner()).queue();
-    let mut out = Vec::with_capacity(queue.len());
-    for (chat, since) in queue {
-        if let Ok(Some(c)) = app.storage.chat(chat).await {
-            out.push(serde_json::json!({
-                "chat_id": chat,
-                "name": c.visitor.name,
-                "question": c.visitor.question,
-                "waiting_since": since,
-            }));
-        }
-    }
-    serde_json::Value::Array(out)
-}
-
-async fn chat_json(app: &App, chat: ChatId) -> Option<serde_json::Value> {
-    let c = app.storage.chat(chat).await.ok()??;
-    let events = app.storage.events_after(chat, 0).await.ok()?;
-    let name = c.visitor.name.clone();
-    Some(serde_json::json!({
-        "chat_id": chat,
-        "name": c.visitor.name,
-        "email": c.visitor.email,
-        "question": c.visitor.question,
-        "state": if c.state == "ended" { "ended" } else { "active" },
-        "events": events.iter().map(|e| crate::visitor::event_json(e, &name)).collect::<Vec<_>>(),
-    }))
-}
-
-async fn snapshot(app: &App, op: &AuthenticatedOperator) -> serde_json::Value {
-    let mine = app
-        .core
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .chats_of(op.id);
-    let mut chats = Vec::new();
-    for c in mine {
-        if let Some(j) = chat_json(app, c).await {
-            chats.push(j);
-        }
-    }
-    serde_json::json!({ "me": me_json(op), "queue": queue_json(app).await, "chats": chats })
-}
-
-/// Marks the operator online while at least one of their event streams is open.
-struct Presence {
-    app: Arc<App>,
-    op: crate::core::OperatorId,
-}
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        self.app
-            .core
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .session_closed(self.op);
-    }
-}
-
-fn events(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
-    let (tx, rx) = mpsc::channel(64);
-    let sub = app.hub.subscribe_operators();
-    tokio::spawn(operator_stream(app.clone(), op, sub, tx));
-    http::sse_response(rx)
-}
-
-async fn operator_stream(
-    app: Arc<App>,
-    op: AuthenticatedOperator,
-    mut sub: broadcast::Receiver<OperatorEvent>,
-    tx: mpsc::Sender<bytes::Bytes>,
-) {
-    app.core
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .session_opened(op.id);
-    let _presence = Presence {
-        app: app.clone(),
-        op: op.id,
+async fn presence(app: &Arc<App>, op: &AuthenticatedOperator, req: Request<Incoming>) -> Resp {
+    let body: PresenceBody = match read_json(req, 256).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    let send = |event: &str, v: serde_json::Value| http::sse_frame(event, None, &v.to_string());
-    if tx
-        .send(send("snapshot", snapshot(&app, &op).await))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut keepalive = tokio::time::interval(Duration::from_secs(15));
-    keepalive.tick().await;
-    loop {
-        let ev = tokio::select! {
-            ev = sub.recv() => ev,
-            _ = keepalive.tick() => {
-                if !app.auth.session_alive(&op.session_hash()) { return; }
-                if tx.send(bytes::Bytes::from_static(b": keep-alive\n\n")).await.is_err() { return; }
-                continue;
-            }
-            _ = tx.closed() => return,
-        };
-        let frame = match ev {
-            Ok(OperatorEvent::QueueChanged) => send(
-                "queue",
-                serde_json::json!({ "queue": queue_json(&app).await }),
-            ),
-            Ok(OperatorEvent::Stored { operator, event }) if operator == op.id => {
-                let name = if event.from == Sender::Visitor {
-                    app.storage
-                        .chat(event.chat_id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|c| c.visitor.name)
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                http::sse_frame(
-                    event.kind.as_str(),
-                    Some(event.id),
-                    &crate::visitor::event_json(&event, &name).to_string(),
-                )
-            }
-            Ok(OperatorEvent::Typing {
-                operator,
-                chat,
-                typing,
-            }) if operator == op.id => send(
-                "typing",
-                serde_json::json!({ "chat_id": chat, "from": "visitor", "typing": typing }),
-            ),
-            Ok(OperatorEvent::ChatChanged { operator, chat }) if operator == op.id => {
-                match chat_json(&app, chat).await {
-                    Some(j) => send("chat", j),
-                    None => continue,
-                }
-            }
-            Ok(OperatorEvent::SessionsEnded { operator, session }) if operator == op.id => {
-                if session.is_none() || session == Some(op.session_hash()) {
-                    return;
-                }
-                continue;
-            }
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                send("snapshot", snapshot(&app, &op).await)
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if tx.send(frame).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn accept(app: &Arc<App>, op: &AuthenticatedOperator, chat: ChatId) -> Resp {
-    let decided = app
-        .core
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .accept(op.id, chat);
-    let oc = match decided {
-        Ok(oc) => oc,
-        Err(r) => return refusal(r),
-    };
-    let app2 = app.clone();
-    let operator = op.id;
-    let res = app
-        .storage
-        .append_event(
-            chat,
-            EventKind::Joined,
-            Sender::Operator,
-            Some(op.id),
-            op.display_name.clone(),
-            String::new(),
-            Some("active"),
-            move |ev| {
-                app2.core
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .confirm(chat);
-                app2.hub.publish(ev, None);
-                app2.hub
-                    .to_operators(OperatorEvent::ChatChanged { operator, chat });
-                queue_changed(&app2);
-            },
-        )
-        .await;
-    match res {
-        Ok(_) => json(StatusCode::OK, &serde_json::json!({ "chat_id": oc.id() })),
-        Err(e) => {
-            app.core
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .revert(chat);
-            tracing::error!(error = %e, "accept not stored");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the chat could not be accepted; try again",
+    let p = match body.presence.as_str() {
+        "online" => Presence::Online,
+        "away" => Presence::Away,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "presence is \"online\" or \"away\"",
             )
         }
+    };
+    app.core().set_presence(op.id, p);
+    if p == Presence::Online {
+        chat::route(app).await;
     }
+    no_content()
 }
 
 async fn send_message(
@@ -508,37 +460,26 @@ async fn send_message(
     oc: OperatorChat,
     req: Request<Incoming>,
 ) -> Resp {
-    let policy = app.policy();
-    let v = &policy.visitor;
-    let body: crate::visitor::MessageBody = match read_json(req, v.max_body_bytes).await {
-        Ok(b) => b,
+    let body: crate::visitor::MessageBody =
+        match read_json(req, app.policy().visitor.max_body_bytes).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+    let text = match message_text(app, &body.text) {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let mut text = body.text.trim_end().to_string();
-    if text.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "the message is empty");
-    }
-    if v.mask_card_numbers {
-        text = crate::core::redact::mask_card_numbers(&text);
-    }
-    if text.chars().count() > v.max_message_chars {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too long");
-    }
-    let app2 = app.clone();
-    let operator = oc.operator();
-    let res = app
-        .storage
-        .append_event(
-            oc.id(),
-            EventKind::Message,
-            Sender::Operator,
-            Some(operator),
-            op.display_name.clone(),
-            text,
-            None,
-            move |ev| app2.hub.publish(ev, Some(operator)),
-        )
-        .await;
+    let res = chat::post(
+        app,
+        oc.id(),
+        EventKind::Message,
+        Sender::Operator,
+        Some(oc.operator()),
+        op.display_name.clone(),
+        text,
+        None,
+    )
+    .await;
     match res {
         Ok(ev) => json(
             StatusCode::OK,
@@ -555,7 +496,7 @@ async fn send_message(
 }
 
 async fn typing(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) -> Resp {
-    let body: crate::visitor::TypingBody = match read_json(req, 256).await {
+    let body: TypingBody = match read_json(req, 256).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -564,76 +505,739 @@ async fn typing(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) -> Res
     no_content()
 }
 
-/// End a chat from either side: decided by the core, stored, then announced.
-pub async fn end_chat_common(app: &Arc<App>, chat: ChatId, from: Sender) -> Resp {
-    let decided = app.core.lock().unwrap_or_else(|p| p.into_inner()).end(chat);
-    let operator = match decided {
-        Ok(op) => op,
-        Err(r) => return refusal(r),
+async fn read_up_to(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) -> Resp {
+    let body: ReadBody = match read_json(req, 256).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let changed = app.core().read(oc.id(), false, body.up_to);
+    if let Some(r) = changed {
+        chat::receipts_changed(app, oc.id(), r);
+    }
+    no_content()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    #[serde(default)]
+    to_operator: String,
+    #[serde(default)]
+    to_department: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn transfer(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    oc: OperatorChat,
+    req: Request<Incoming>,
+) -> Resp {
+    let body: TransferBody = match read_json(req, 4096).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let note = crate::visitor::bounded(body.note.trim(), 1000);
+    let (to_op, to_dept) = (body.to_operator.trim(), body.to_department.trim());
+    let (target, name) = match (to_op.is_empty(), to_dept.is_empty()) {
+        (false, true) => match app.storage.operator_by_name(to_op.to_string()).await {
+            Ok(Some(o)) if !o.disabled => (TransferTarget::Operator(o.id), o.display_name),
+            _ => return error(StatusCode::NOT_FOUND, "no such operator"),
+        },
+        (true, false) => (
+            TransferTarget::Department(to_dept.to_string()),
+            to_dept.to_string(),
+        ),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give either to_operator or to_department",
+            )
+        }
+    };
+    match chat::transfer(app, op, oc.id(), target, name, note).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "chat_id": oc.id() })),
+        Err(e) => action_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrapupBody {
+    category: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn wrapup(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    chat: ChatId,
+    req: Request<Incoming>,
+) -> Resp {
+    let handled = match app.storage.chat(chat).await {
+        Ok(Some(c)) => c.operator_id == Some(op.id),
+        _ => false,
+    };
+    if !handled {
+        return not_found();
+    }
+    let body: WrapupBody = match read_json(req, 8192).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let policy = app.policy();
+    let category = body.category.trim().to_string();
+    if category.is_empty()
+        || (!policy.chat.wrapup_categories.is_empty()
+            && !policy.chat.wrapup_categories.contains(&category))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "choose one of the wrap-up categories",
+        );
+    }
+    let note = crate::visitor::bounded(body.note.trim(), 2000);
+    if let Err(e) = app
+        .storage
+        .set_wrapup(chat, category.clone(), note.clone())
+        .await
+    {
+        tracing::error!(error = %e, "wrap-up not stored");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the wrap-up was not saved");
+    }
+    let text = if note.is_empty() {
+        category
+    } else {
+        format!("{category}: {note}")
     };
     let app2 = app.clone();
+    let me = op.id;
     let res = app
         .storage
         .append_event(
             chat,
-            EventKind::Ended,
-            from,
-            operator,
-            String::new(),
-            String::new(),
-            Some("ended"),
+            EventKind::Wrapup,
+            Sender::Operator,
+            Some(op.id),
+            op.display_name.clone(),
+            text,
+            None,
             move |ev| {
-                app2.core
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .confirm(chat);
-                app2.hub.publish(ev, operator);
-                if let Some(operator) = operator {
-                    app2.hub
-                        .to_operators(OperatorEvent::ChatChanged { operator, chat });
+                let mut audience = app2.core().audience(chat);
+                if !audience.contains(&me) {
+                    audience.push(me);
                 }
-                queue_changed(&app2);
-                app2.hub.forget_chat(chat);
+                app2.hub.publish(ev, audience.clone());
+                app2.hub.to_operators(OperatorEvent::ChatChanged {
+                    audience: audience.into(),
+                    chat,
+                });
             },
         )
         .await;
     match res {
-        Ok(ev) => json(StatusCode::OK, &serde_json::json!({ "id": ev.id })),
-        Err(e) => {
-            app.core
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .revert(chat);
-            tracing::error!(error = %e, "end of chat not stored");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the chat could not be ended; try again",
-            )
-        }
+        Ok(_) => no_content(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the wrap-up was not saved"),
     }
 }
 
 async fn transcript(app: &Arc<App>, op: &AuthenticatedOperator, chat: ChatId) -> Resp {
-    // Live chats assigned to this operator, or ended chats this operator handled.
-    let allowed = match app.storage.chat(chat).await {
-        Ok(Some(c)) => c.operator_id == Some(op.id),
-        _ => false,
-    };
+    let allowed = op.role.supervises()
+        || app.core().can_read(op.id, chat)
+        || matches!(app.storage.chat(chat).await, Ok(Some(c)) if c.operator_id == Some(op.id));
     if !allowed {
-        return error(StatusCode::NOT_FOUND, "no such chat");
+        return not_found();
     }
+    match stream::chat_json(app, chat, op.id).await {
+        Some(j) => {
+            app.audit
+                .record(
+                    ids::TRANSCRIPT_ACCESS,
+                    "transcript_access",
+                    format!("user={} chat={} action=view", op.username, chat.0),
+                )
+                .await;
+            json(StatusCode::OK, &j)
+        }
+        None => not_found(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorBody {
+    on: bool,
+}
+
+async fn monitor(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    chat: ChatId,
+    req: Request<Incoming>,
+) -> Resp {
+    if !op.role.supervises() {
+        return forbidden();
+    }
+    let body: MonitorBody = match read_json(req, 256).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if app.core().monitor(op.id, chat, body.on).is_err() {
+        return not_found();
+    }
+    app.audit
+        .record(
+            ids::SUPERVISOR_ACTION,
+            "supervisor_action",
+            format!(
+                "user={} chat={} action={}",
+                op.username,
+                chat.0,
+                if body.on {
+                    "monitor_start"
+                } else {
+                    "monitor_stop"
+                }
+            ),
+        )
+        .await;
+    if body.on {
+        app.hub.to_operators(OperatorEvent::ChatChanged {
+            audience: vec![op.id].into(),
+            chat,
+        });
+    } else {
+        app.hub.to_operators(OperatorEvent::ChatRemoved {
+            operator: op.id,
+            chat,
+        });
+    }
+    no_content()
+}
+
+async fn whisper(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    chat: ChatId,
+    req: Request<Incoming>,
+) -> Resp {
+    if !op.role.supervises() {
+        return forbidden();
+    }
+    let body: crate::visitor::MessageBody =
+        match read_json(req, app.policy().visitor.max_body_bytes).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+    let text = match message_text(app, &body.text) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let started = {
+        let mut core = app.core();
+        match core.assigned(chat) {
+            None => None,
+            Some(_) => {
+                let was = core.can_read(op.id, chat);
+                let _ = core.monitor(op.id, chat, true);
+                Some(was)
+            }
+        }
+    };
+    let Some(was_monitoring) = started else {
+        return error(
+            StatusCode::CONFLICT,
+            "only a chat with an operator can take a whisper",
+        );
+    };
+    if !was_monitoring {
+        app.hub.to_operators(OperatorEvent::ChatChanged {
+            audience: vec![op.id].into(),
+            chat,
+        });
+    }
+    app.audit
+        .record(
+            ids::SUPERVISOR_ACTION,
+            "supervisor_action",
+            format!("user={} chat={} action=whisper", op.username, chat.0),
+        )
+        .await;
+    match chat::post(
+        app,
+        chat,
+        EventKind::Whisper,
+        Sender::Operator,
+        Some(op.id),
+        op.display_name.clone(),
+        text,
+        None,
+    )
+    .await
+    {
+        Ok(ev) => json(StatusCode::OK, &serde_json::json!({ "id": ev.id })),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the whisper was not saved"),
+    }
+}
+
+async fn takeover(app: &Arc<App>, op: &AuthenticatedOperator, chat: ChatId) -> Resp {
+    if !op.role.supervises() {
+        return forbidden();
+    }
+    match chat::take_over(app, op, chat).await {
+        Ok(()) => {
+            app.audit
+                .record(
+                    ids::SUPERVISOR_ACTION,
+                    "supervisor_action",
+                    format!("user={} chat={} action=takeover", op.username, chat.0),
+                )
+                .await;
+            json(StatusCode::OK, &serde_json::json!({ "chat_id": chat }))
+        }
+        Err(e) => action_error(e),
+    }
+}
+
+async fn live(app: &Arc<App>, op: &AuthenticatedOperator) -> Resp {
+    if !op.role.supervises() {
+        return forbidden();
+    }
+    let live = app.core().live();
+    let mut out = Vec::new();
+    for (chat, state, department) in live {
+        let label = app.core().label(chat).unwrap_or_default();
+        let (state_name, operator, since) = match state {
+            ChatState::Queued { since_ms } => ("queued", None, since_ms),
+            ChatState::Active { operator } => ("active", Some(operator), 0),
+            ChatState::Ending { .. } => continue,
+        };
+        let operator = match operator {
+            Some(o) => Some(chat::display_name(app, o).await),
+            None => None,
+        };
+        out.push(serde_json::json!({"chat_id": chat, "name": label.0, "operator": operator, "department": department, "state": state_name, "since": since}));
+    }
+    json(StatusCode::OK, &serde_json::json!({ "chats": out }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    #[serde(default)]
+    message: String,
+}
+
+async fn invite(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    visitor_id: &str,
+    req: Request<Incoming>,
+) -> Resp {
+    let body: InviteBody = match read_json(req, 4096).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let message = crate::visitor::bounded(body.message.trim(), 500);
+    let made = app
+        .core()
+        .visitors
+        .invite(op.id, visitor_id, message, now_ms());
+    match made {
+        Ok(inv) => {
+            app.hub.to_presence(
+                visitor_id,
+                PresenceEvent::Invite(inv.clone(), op.display_name.clone()),
+            );
+            app.hub.to_operators(OperatorEvent::VisitorsChanged);
+            app.hub.to_operators(OperatorEvent::InviteUpdate {
+                operator: op.id,
+                invite: inv.clone(),
+                chat: None,
+            });
+            app.audit
+                .record(
+                    ids::INVITATION,
+                    "invitation",
+                    format!("user={} visitor={visitor_id} answer=sent", op.username),
+                )
+                .await;
+            json(
+                StatusCode::CREATED,
+                &serde_json::json!({ "invite_id": inv.id }),
+            )
+        }
+        Err(r) => error(
+            if r == crate::core::visitors::InviteRefusal::NoSuchVisitor {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            },
+            r.message(),
+        ),
+    }
+}
+
+async fn canned_list(app: &Arc<App>) -> Resp {
+    match app.storage.canned().await {
+        Ok(c) => json(StatusCode::OK, &serde_json::json!({ "canned": c })),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "canned responses are unavailable",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CannedBody {
+    shortcut: String,
+    title: String,
+    text: String,
+}
+
+async fn canned_save(
+    app: &Arc<App>,
+    op: &AuthenticatedOperator,
+    id: i64,
+    req: Request<Incoming>,
+) -> Resp {
+    if !op.role.supervises() {
+        return forbidden();
+    }
+    let body: CannedBody = match read_json(req, app.policy().visitor.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let shortcut = body.shortcut.trim().trim_start_matches('/').to_lowercase();
+    if shortcut.is_empty()
+        || shortcut.len() > 32
+        || !shortcut
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the shortcut is 1-32 of a-z, 0-9, '-', '_'",
+        );
+    }
+    let title = body.title.trim().to_string();
+    if title.is_empty() || title.chars().count() > 100 {
+        return error(StatusCode::BAD_REQUEST, "the title is 1-100 characters");
+    }
+    let text = match message_text(app, &body.text) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match app
+        .storage
+        .save_canned(Canned {
+            id,
+            shortcut,
+            title,
+            text,
+        })
+        .await
+    {
+        Ok(id) => json(
+            if id == 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
+            &serde_json::json!({ "id": id }),
+        ),
+        Err(e) if e.0.contains("taken") => error(StatusCode::CONFLICT, &e.0),
+        Err(e) if e.0.contains("no such") => error(StatusCode::NOT_FOUND, &e.0),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the canned response was not saved",
+        ),
+    }
+}
+
+async fn canned_delete(app: &Arc<App>, op: &AuthenticatedOperator, id: &str) -> Resp {
+    if !op.role.supervises() {
+        return forbidden();
+    }
+    match id.parse::<i64>() {
+        Ok(id) => match app.storage.delete_canned(id).await {
+            Ok(true) => no_content(),
+            Ok(false) => error(StatusCode::NOT_FOUND, "no such canned response"),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "not deleted"),
+        },
+        Err(_) => error(StatusCode::NOT_FOUND, "no such canned response"),
+    }
+}
+
+async fn inbox(app: &Arc<App>, op: &AuthenticatedOperator) -> Resp {
+    let departments = if op.role.supervises() {
+        Vec::new()
+    } else {
+        op.departments.clone()
+    };
+    match app.storage.offline_messages(departments).await {
+        Ok(m) => json(
+            StatusCode::OK,
+            &serde_json::json!({"messages": m.iter().map(|m| serde_json::json!({
+                "id": m.id, "name": m.name, "email": m.email, "department": m.department,
+                "message": m.message, "ts": m.ts, "read": m.read,
+            })).collect::<Vec<_>>()}),
+        ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the inbox is unavailable"),
+    }
+}
+
+async fn inbox_read(app: &Arc<App>, op: &AuthenticatedOperator, id: &str) -> Resp {
+    match id.parse::<i64>() {
+        Ok(id) => match app.storage.mark_offline_read(id, op.id).await {
+            Ok(true) => {
+                app.hub.to_operators(OperatorEvent::InboxChanged);
+                no_content()
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such message"),
+        },
+        Err(_) => error(StatusCode::NOT_FOUND, "no such message"),
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (the inverse of `explain::civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A search bound: Unix ms, or a `YYYY-MM-DD` date (start of that UTC day).
+fn parse_date(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let mut it = s.splitn(3, '-');
+    let (y, m, d) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) * 86_400_000)
+}
+
+fn query_params(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn search(app: &Arc<App>, op: &AuthenticatedOperator, query: &str) -> Resp {
+    if query.len() > 2000 {
+        return error(StatusCode::BAD_REQUEST, "the query is too long");
+    }
+    let p = query_params(query);
+    let get = |k: &str| p.get(k).map(|s| s.trim().to_string()).unwrap_or_default();
+    let from_ms = match get("from").as_str() {
+        "" => now_ms() - 90 * 86_400_000,
+        s => match parse_date(s) {
+            Some(v) => v,
+            None => return error(StatusCode::BAD_REQUEST, "from is a date (YYYY-MM-DD)"),
+        },
+    };
+    let to_ms = match get("to").as_str() {
+        "" => now_ms(),
+        s => match parse_date(s) {
+            Some(v) => v + if s.contains('-') { 86_400_000 - 1 } else { 0 },
+            None => return error(StatusCode::BAD_REQUEST, "to is a date (YYYY-MM-DD)"),
+        },
+    };
+    let operator = match get("operator").as_str() {
+        "" => None,
+        u => match app.storage.operator_by_name(u.to_string()).await {
+            Ok(Some(o)) => Some(o.id),
+            _ => return json(StatusCode::OK, &serde_json::json!({ "results": [] })),
+        },
+    };
+    let q = SearchQuery {
+        text: crate::visitor::bounded(&get("q"), 200),
+        name: crate::visitor::bounded(&get("name"), 200),
+        operator,
+        department: crate::visitor::bounded(&get("department"), 64),
+        from_ms,
+        to_ms,
+        only_operator: (!op.role.supervises()).then_some(op.id),
+    };
+    let fields: Vec<&str> = [
+        ("text", !q.text.is_empty()),
+        ("name", !q.name.is_empty()),
+        ("operator", q.operator.is_some()),
+        ("department", !q.department.is_empty()),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(f, _)| *f)
+    .collect();
+    let hits = match app.storage.search(q).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "search failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "search is unavailable");
+        }
+    };
     app.audit
         .record(
             ids::TRANSCRIPT_ACCESS,
             "transcript_access",
-            format!("user={} chat={} action=view", op.username, chat.0),
+            format!(
+                "user={} action=search fields={} results={}",
+                op.username,
+                fields.join(","),
+                hits.len()
+            ),
         )
         .await;
-    match chat_json(app, chat).await {
-        Some(j) => json(StatusCode::OK, &j),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the transcript could not be read",
-        ),
+    let mut results = Vec::new();
+    for h in hits {
+        let operator = match h.operator_id {
+            Some(o) => Some(chat::display_name(app, o).await),
+            None => None,
+        };
+        results.push(serde_json::json!({
+            "chat_id": h.chat_id, "name": h.name, "operator": operator, "department": h.department,
+            "started_ms": h.started_ms, "ended_ms": h.ended_ms, "snippet": h.snippet,
+        }));
     }
+    json(StatusCode::OK, &serde_json::json!({ "results": results }))
+}
+
+async fn operators(app: &Arc<App>) -> Resp {
+    let list = match app.storage.operators().await {
+        Ok(l) => l,
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    let max = app.policy().chat.max_chats_per_operator;
+    let core = app.core();
+    let out: Vec<serde_json::Value> = list
+        .iter()
+        .filter(|o| !o.disabled)
+        .map(|o| {
+            serde_json::json!({
+                "username": o.username, "display_name": o.display_name, "role": o.role,
+                "presence": core.presence(o.id), "chats": core.load_of(o.id), "max_chats": max,
+                "departments": o.departments,
+            })
+        })
+        .collect();
+    drop(core);
+    json(StatusCode::OK, &serde_json::json!({ "operators": out }))
+}
+
+/// A TOTP secret offered at a time, not yet confirmed.
+type PendingTotp = Mutex<HashMap<crate::core::OperatorId, (Vec<u8>, i64)>>;
+
+/// TOTP secrets offered but not yet confirmed, by operator (memory only).
+fn pending_totp() -> &'static PendingTotp {
+    static P: OnceLock<PendingTotp> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+async fn totp_enroll(app: &Arc<App>, op: &AuthenticatedOperator) -> Resp {
+    let _ = app;
+    let secret = totp::new_secret();
+    let uri = totp::otpauth_uri(&op.username, &secret);
+    let svg = match totp::qr_svg(&uri) {
+        Ok(s) => s,
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not draw the QR code",
+            )
+        }
+    };
+    let text = totp::base32(&secret);
+    pending_totp()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(op.id, (secret, now_ms()));
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"secret": text, "otpauth_uri": uri, "qr_svg": svg}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    code: Secret,
+}
+
+async fn totp_confirm(app: &Arc<App>, op: &AuthenticatedOperator, req: Request<Incoming>) -> Resp {
+    let body: ConfirmBody = match read_json(req, 256).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let pending = pending_totp()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&op.id)
+        .cloned();
+    let Some((secret, created)) = pending.filter(|(_, t)| now_ms() - t < 15 * 60_000) else {
+        return error(StatusCode::BAD_REQUEST, "start enrolment first");
+    };
+    let _ = created;
+    let Some(step) = totp::verify(&secret, body.code.expose(), now_ms() / 1000, 0) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "that code is not right; check the time on your device",
+        );
+    };
+    let (codes, hashes) = totp::recovery_codes();
+    if let Err(e) = app.storage.enable_totp(op.id, secret, step, hashes).await {
+        tracing::error!(error = %e, "TOTP not stored");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "two-factor was not saved");
+    }
+    pending_totp()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&op.id);
+    app.auth.enrolled(op.id);
+    app.audit
+        .record(
+            ids::TOTP_CHANGED,
+            "totp_changed",
+            format!("user={} action=enrolled", op.username),
+        )
+        .await;
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "recovery_codes": codes }),
+    )
 }

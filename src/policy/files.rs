@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// The policy files, in the order they are read and hashed.
-pub const POLICY_FILES: [&str; 5] = [
+pub const POLICY_FILES: [&str; 6] = [
     "network.toml",
     "tls.toml",
     "accounts.toml",
     "visitor.toml",
     "retention.toml",
+    "chat.toml",
 ];
 
 /// argon2id floor (OWASP password storage cheat sheet).
@@ -30,6 +31,7 @@ pub struct Policy {
     pub accounts: AccountsPolicy,
     pub visitor: VisitorPolicy,
     pub retention: RetentionPolicy,
+    pub chat: ChatPolicy,
     /// Operator allowlist, parsed and canonical.
     #[serde(skip)]
     pub operator_allow: Vec<IpNet>,
@@ -145,6 +147,9 @@ pub struct AccountsPolicy {
     pub session: SessionPolicy,
     /// Shortest password `palisade operator add/passwd` accepts.
     pub password_min_chars: usize,
+    /// Roles that must log in with a TOTP second factor.
+    #[serde(default)]
+    pub totp_required_roles: Vec<String>,
     #[serde(default)]
     pub overrides: AccountsOverrides,
 }
@@ -209,8 +214,51 @@ pub struct VisitorPolicy {
     /// Mask Luhn-valid payment card numbers in messages before they are stored.
     #[serde(default)]
     pub mask_card_numbers: bool,
+    /// How much of a visitor's IP address is kept: "none", "truncated" (/24, /48), "full".
+    #[serde(default = "default_visitor_ip")]
+    pub visitor_ip: String,
     #[serde(default)]
     pub overrides: VisitorOverrides,
+}
+
+fn default_visitor_ip() -> String {
+    "truncated".into()
+}
+
+/// How a pre-chat field is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldMode {
+    Required,
+    Optional,
+    Hidden,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrechatPolicy {
+    pub email: FieldMode,
+    pub department: FieldMode,
+    pub question: FieldMode,
+}
+
+/// chat.toml: departments, routing, pre-chat form, wrap-up, live visitor list.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatPolicy {
+    /// Departments visitors can choose and chats can be transferred to.
+    pub departments: Vec<String>,
+    /// "auto": queued chats go to the least-busy online operator; "manual": operators pick.
+    pub routing: String,
+    /// Most chats one operator handles at once.
+    pub max_chats_per_operator: usize,
+    /// Wrap-up categories offered when a chat ends.
+    pub wrapup_categories: Vec<String>,
+    /// Seconds without a page view or heartbeat before a visitor leaves the live list.
+    pub visitor_idle_secs: u64,
+    /// Seconds an unanswered invitation stays open.
+    pub invite_timeout_secs: u64,
+    pub prechat: PrechatPolicy,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -406,14 +454,18 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
         .iter()
         .map(|s| (s.name.to_string(), hex(&Sha256::digest(s.text.as_bytes()))))
         .collect();
-    let [net_src, tls_src, acc_src, vis_src, ret_src] = &sources[..] else {
-        unreachable!("five policy files")
+    let [net_src, tls_src, acc_src, vis_src, ret_src, chat_src] = &sources[..] else {
+        unreachable!("six policy files")
     };
     let network: Option<NetworkPolicy> = parse(net_src, &mut errors);
     let tls: Option<TlsPolicy> = parse(tls_src, &mut errors);
     let accounts: Option<AccountsPolicy> = parse(acc_src, &mut errors);
     let visitor: Option<VisitorPolicy> = parse(vis_src, &mut errors);
     let retention: Option<RetentionPolicy> = parse(ret_src, &mut errors);
+    let chat: Option<ChatPolicy> = parse(chat_src, &mut errors);
+    if let Some(c) = &chat {
+        check_chat(chat_src, c, &mut errors);
+    }
 
     let mut operator_allow = Vec::new();
     let mut trusted_proxies = Vec::new();
@@ -451,20 +503,23 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
     if !errors.is_empty() {
         return Err(PolicyErrors(errors));
     }
-    match (network, tls, accounts, visitor, retention) {
-        (Some(network), Some(tls), Some(accounts), Some(visitor), Some(retention)) => Ok(Policy {
-            network,
-            tls,
-            accounts,
-            visitor,
-            retention,
-            operator_allow,
-            trusted_proxies,
-            sha256,
-            overrides_in_force: overrides,
-            file_sha256,
-            dir: dir.to_path_buf(),
-        }),
+    match (network, tls, accounts, visitor, retention, chat) {
+        (Some(network), Some(tls), Some(accounts), Some(visitor), Some(retention), Some(chat)) => {
+            Ok(Policy {
+                network,
+                tls,
+                accounts,
+                visitor,
+                retention,
+                chat,
+                operator_allow,
+                trusted_proxies,
+                sha256,
+                overrides_in_force: overrides,
+                file_sha256,
+                dir: dir.to_path_buf(),
+            })
+        }
         _ => Err(PolicyErrors(errors)),
     }
 }
@@ -694,8 +749,72 @@ fn check_accounts(
             "must be within idle_timeout_secs..=604800",
         ));
     }
+    for r in &a.totp_required_roles {
+        if !["operator", "supervisor", "admin"].contains(&r.as_str()) {
+            errors.push(src.err(
+                "",
+                "totp_required_roles",
+                format!("{r:?} is not a role (operator, supervisor, admin)"),
+            ));
+        }
+    }
     if !(8..=1024).contains(&a.password_min_chars) {
         errors.push(src.err("", "password_min_chars", "must be within 8..=1024"));
+    }
+}
+
+fn check_chat(src: &Source, c: &ChatPolicy, errors: &mut Vec<PolicyError>) {
+    let mut seen = std::collections::HashSet::new();
+    for d in &c.departments {
+        let ok = !d.trim().is_empty()
+            && d.len() <= 64
+            && d == d.trim()
+            && !d.chars().any(char::is_control);
+        if !ok {
+            errors.push(src.err(
+                "",
+                "departments",
+                format!("{d:?} is not a department name (1-64 printable characters)"),
+            ));
+        }
+        if !seen.insert(d) {
+            errors.push(src.err("", "departments", format!("{d:?} is listed twice")));
+        }
+    }
+    if c.departments.len() > 100 {
+        errors.push(src.err("", "departments", "at most 100 departments"));
+    }
+    if !["auto", "manual"].contains(&c.routing.as_str()) {
+        errors.push(src.err(
+            "",
+            "routing",
+            format!("{:?} is not \"auto\" or \"manual\"", c.routing),
+        ));
+    }
+    if !(1..=50).contains(&c.max_chats_per_operator) {
+        errors.push(src.err("", "max_chats_per_operator", "must be within 1..=50"));
+    }
+    for w in &c.wrapup_categories {
+        if w.trim().is_empty() || w.len() > 64 {
+            errors.push(src.err(
+                "",
+                "wrapup_categories",
+                format!("{w:?} is not a category name (1-64 characters)"),
+            ));
+        }
+    }
+    if !(10..=86_400).contains(&c.visitor_idle_secs) {
+        errors.push(src.err("", "visitor_idle_secs", "must be within 10..=86400"));
+    }
+    if !(10..=3600).contains(&c.invite_timeout_secs) {
+        errors.push(src.err("", "invite_timeout_secs", "must be within 10..=3600"));
+    }
+    if c.departments.is_empty() && c.prechat.department == FieldMode::Required {
+        errors.push(src.err(
+            "prechat",
+            "department",
+            "required, but no departments are listed",
+        ));
     }
 }
 
@@ -755,6 +874,16 @@ fn check_visitor(
     }
     if !(1..=100_000).contains(&v.max_connections) {
         errors.push(src.err("", "max_connections", "must be within 1..=100000"));
+    }
+    if !["none", "truncated", "full"].contains(&v.visitor_ip.as_str()) {
+        errors.push(src.err(
+            "",
+            "visitor_ip",
+            format!(
+                "{:?} is not \"none\", \"truncated\" or \"full\"",
+                v.visitor_ip
+            ),
+        ));
     }
 }
 

@@ -12,7 +12,10 @@
 #![forbid(unsafe_code)]
 
 pub mod crypto;
+mod features;
 mod schema;
+
+pub use features::*;
 
 pub use schema::CURRENT_VERSION;
 
@@ -106,6 +109,14 @@ pub enum EventKind {
     Joined,
     Message,
     Ended,
+    /// Back in the queue (transfer to a department, operator logged out).
+    Requeued,
+    /// A supervisor's note to the operator; never shown to the visitor.
+    Whisper,
+    /// A transfer between operators or to a department, with its note; operators only.
+    Transfer,
+    /// The operator's wrap-up; operators only.
+    Wrapup,
 }
 
 impl EventKind {
@@ -115,14 +126,31 @@ impl EventKind {
             EventKind::Joined => "joined",
             EventKind::Message => "message",
             EventKind::Ended => "ended",
+            EventKind::Requeued => "requeued",
+            EventKind::Whisper => "whisper",
+            EventKind::Transfer => "transfer",
+            EventKind::Wrapup => "wrapup",
         }
     }
+
+    /// Does the visitor see this kind of event (stream and transcript)?
+    pub fn visitor_visible(self) -> bool {
+        !matches!(
+            self,
+            EventKind::Whisper | EventKind::Transfer | EventKind::Wrapup
+        )
+    }
+
     fn parse(s: &str) -> Result<EventKind, StorageError> {
         Ok(match s {
             "started" => EventKind::Started,
             "joined" => EventKind::Joined,
             "message" => EventKind::Message,
             "ended" => EventKind::Ended,
+            "requeued" => EventKind::Requeued,
+            "whisper" => EventKind::Whisper,
+            "transfer" => EventKind::Transfer,
+            "wrapup" => EventKind::Wrapup,
             other => return Err(StorageError(format!("unknown event kind {other:?}"))),
         })
     }
@@ -169,6 +197,8 @@ pub struct OperatorRecord {
     pub password_hash: String,
     pub role: String,
     pub disabled: bool,
+    pub departments: Vec<String>,
+    pub totp_enabled: bool,
 }
 
 impl std::fmt::Debug for OperatorRecord {
@@ -191,6 +221,21 @@ pub struct ChatRecord {
     pub operator_id: Option<OperatorId>,
     pub created_ms: i64,
     pub visitor: VisitorInfo,
+    pub department: Option<String>,
+    pub visitor_id: Option<String>,
+    pub ended_ms: Option<i64>,
+    pub rating: Option<i64>,
+    pub wrapup_category: Option<String>,
+    pub extra: ChatExtra,
+}
+
+/// Sealed extras of a chat: the rating comment and the wrap-up note.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatExtra {
+    #[serde(default)]
+    pub rating_comment: String,
+    #[serde(default)]
+    pub wrapup_note: String,
 }
 
 /// A persisted operator session.
@@ -473,12 +518,13 @@ impl Storage {
         display_name: String,
         password_hash: String,
         role: String,
+        departments: Vec<String>,
     ) -> Result<OperatorId, StorageError> {
         self.write(move |c, _| {
             let now = now_ms();
             c.execute(
-                "INSERT INTO operators(username, display_name, password_hash, role, created_ms, changed_ms) VALUES(?1,?2,?3,?4,?5,?5)",
-                params![username, display_name, password_hash, role, now],
+                "INSERT INTO operators(username, display_name, password_hash, role, created_ms, changed_ms, departments) VALUES(?1,?2,?3,?4,?5,?5,?6)",
+                params![username, display_name, password_hash, role, now, departments.join(",")],
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -547,7 +593,7 @@ impl Storage {
     ) -> Result<Option<OperatorRecord>, StorageError> {
         self.read(move |c, _| {
             Ok(c.query_row(
-                "SELECT id, username, display_name, password_hash, role, disabled FROM operators WHERE username=?1",
+                &format!("SELECT {OPERATOR_COLUMNS} FROM operators WHERE username=?1"),
                 [username],
                 operator_row,
             )
@@ -558,9 +604,9 @@ impl Storage {
 
     pub async fn operators(&self) -> Result<Vec<OperatorRecord>, StorageError> {
         self.read(|c, _| {
-            let mut st = c.prepare(
-                "SELECT id, username, display_name, password_hash, role, disabled FROM operators ORDER BY username",
-            )?;
+            let mut st = c.prepare(&format!(
+                "SELECT {OPERATOR_COLUMNS} FROM operators ORDER BY username"
+            ))?;
             let rows = st.query_map([], operator_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -613,6 +659,7 @@ impl Storage {
         &self,
         token_hash: Vec<u8>,
         visitor: VisitorInfo,
+        start: ChatStart,
         on_commit: C,
     ) -> Result<StoredEvent, StorageError>
     where
@@ -625,9 +672,13 @@ impl Storage {
                 let blob = serde_json::to_vec(&visitor)
                     .map_err(|e| StorageError(format!("encoding visitor data: {e}")))?;
                 let sealed = st.sealer.seal(&format!("chats/visitor/{}", chat_id.0), &blob);
+                let (state, accepted) = match start.operator {
+                    Some(_) => ("active", Some(now)),
+                    None => ("queued", None),
+                };
                 c.execute(
-                    "INSERT INTO chats(id, token_hash, state, created_ms, visitor) VALUES(?1,?2,'queued',?3,?4)",
-                    params![chat_id.0, token_hash, now, sealed],
+                    "INSERT INTO chats(id, token_hash, state, created_ms, visitor, department, visitor_id, operator_id, accepted_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                    params![chat_id.0, token_hash, state, now, sealed, start.department, start.visitor_id, start.operator.map(|o| o.0), accepted],
                 )?;
                 st.next_chat_id += 1;
                 insert_event(c, st, chat_id, EventKind::Started, Sender::Visitor, None, visitor.name.clone(), visitor.question.clone(), now)
@@ -647,7 +698,7 @@ impl Storage {
         operator: Option<OperatorId>,
         author: String,
         text: String,
-        new_state: Option<&'static str>,
+        new_state: Option<StateChange>,
         on_commit: C,
     ) -> Result<StoredEvent, StorageError>
     where
@@ -656,11 +707,21 @@ impl Storage {
         self.write_then(
             move |c, st| {
                 let now = now_ms();
-                if let Some(state) = new_state {
+                if let Some(StateChange::Queued { department: Some(d) }) = &new_state {
+                    c.execute(
+                        "UPDATE chats SET department=?1 WHERE id=?2",
+                        params![d, chat_id.0],
+                    )?;
+                }
+                if let Some(state) = new_state.map(|s| s.name()) {
                     let n = match state {
                         "active" => c.execute(
-                            "UPDATE chats SET state='active', operator_id=?1 WHERE id=?2",
-                            params![operator.map(|o| o.0), chat_id.0],
+                            "UPDATE chats SET state='active', operator_id=?1, accepted_ms=coalesce(accepted_ms, ?3) WHERE id=?2",
+                            params![operator.map(|o| o.0), chat_id.0, now],
+                        )?,
+                        "queued" => c.execute(
+                            "UPDATE chats SET state='queued', operator_id=NULL WHERE id=?1",
+                            params![chat_id.0],
                         )?,
                         "ended" => c.execute(
                             "UPDATE chats SET state='ended', ended_ms=?1 WHERE id=?2",
@@ -692,22 +753,13 @@ impl Storage {
     /// Chats not yet ended, for rebuilding the chat core at start-up.
     pub async fn open_chats(&self) -> Result<Vec<ChatRecord>, StorageError> {
         self.read(|c, sealer| {
-            let mut st = c.prepare(
-                "SELECT id, token_hash, state, operator_id, created_ms, visitor FROM chats WHERE state != 'ended' ORDER BY id",
-            )?;
+            let mut st = c.prepare(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats WHERE state != 'ended' ORDER BY id"
+            ))?;
             let mut rows = st.query([])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                let id = ChatId(r.get(0)?);
-                let sealed: Vec<u8> = r.get(5)?;
-                out.push(ChatRecord {
-                    id,
-                    token_hash: r.get(1)?,
-                    state: r.get(2)?,
-                    operator_id: r.get::<_, Option<i64>>(3)?.map(OperatorId),
-                    created_ms: r.get(4)?,
-                    visitor: open_visitor(sealer, id, &sealed)?,
-                });
+                out.push(chat_row(r, sealer)?);
             }
             Ok(out)
         })
@@ -717,38 +769,72 @@ impl Storage {
     /// One chat's visitor data and state, by id.
     pub async fn chat(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StorageError> {
         self.read(move |c, sealer| {
-            let row = c
-                .query_row(
-                    "SELECT id, token_hash, state, operator_id, created_ms, visitor FROM chats WHERE id=?1",
-                    [chat_id.0],
-                    |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Option<i64>>(3)?,
-                            r.get::<_, i64>(4)?,
-                            r.get::<_, Vec<u8>>(5)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            row.map(|(token_hash, state, op, created_ms, sealed)| {
-                Ok(ChatRecord {
-                    id: chat_id,
-                    token_hash,
-                    state,
-                    operator_id: op.map(OperatorId),
-                    created_ms,
-                    visitor: open_visitor(sealer, chat_id, &sealed)?,
-                })
-            })
-            .transpose()
+            let mut st =
+                c.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id=?1"))?;
+            let mut rows = st.query([chat_id.0])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(chat_row(r, sealer)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// A chat by its visitor token's hash (also after it ended: rating, transcript).
+    pub async fn chat_by_token(
+        &self,
+        token_hash: Vec<u8>,
+    ) -> Result<Option<ChatRecord>, StorageError> {
+        self.read(move |c, sealer| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats WHERE token_hash=?1"
+            ))?;
+            let mut rows = st.query([token_hash])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(chat_row(r, sealer)?)),
+                None => Ok(None),
+            }
         })
         .await
     }
 }
 
-fn operator_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRecord> {
+pub(crate) const CHAT_COLUMNS: &str = "id, token_hash, state, operator_id, created_ms, visitor, department, visitor_id, ended_ms, rating, wrapup_category, extra";
+
+pub(crate) fn chat_row(r: &rusqlite::Row<'_>, sealer: &Sealer) -> Result<ChatRecord, StorageError> {
+    let id = ChatId(r.get(0)?);
+    let sealed: Vec<u8> = r.get(5)?;
+    let extra: Option<Vec<u8>> = r.get(11)?;
+    let extra = match extra {
+        Some(b) => {
+            let plain = sealer
+                .open(&format!("chats/extra/{}", id.0), &b)
+                .map_err(|e| StorageError(format!("chat {}: extra: {e}", id.0)))?;
+            serde_json::from_slice(&plain).unwrap_or_default()
+        }
+        None => ChatExtra::default(),
+    };
+    Ok(ChatRecord {
+        id,
+        token_hash: r.get(1)?,
+        state: r.get(2)?,
+        operator_id: r.get::<_, Option<i64>>(3)?.map(OperatorId),
+        created_ms: r.get(4)?,
+        visitor: open_visitor(sealer, id, &sealed)?,
+        department: r.get(6)?,
+        visitor_id: r.get(7)?,
+        ended_ms: r.get(8)?,
+        rating: r.get(9)?,
+        wrapup_category: r.get(10)?,
+        extra,
+    })
+}
+
+pub(crate) const OPERATOR_COLUMNS: &str =
+    "id, username, display_name, password_hash, role, disabled, departments, totp_enabled";
+
+pub(crate) fn operator_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRecord> {
+    let departments: String = r.get(6)?;
     Ok(OperatorRecord {
         id: OperatorId(r.get(0)?),
         username: r.get(1)?,
@@ -756,6 +842,13 @@ fn operator_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRecord> {
         password_hash: r.get(3)?,
         role: r.get(4)?,
         disabled: r.get(5)?,
+        departments: departments
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect(),
+        totp_enabled: r.get(7)?,
     })
 }
 
@@ -805,7 +898,7 @@ fn insert_event(
     })
 }
 
-fn load_events(
+pub(crate) fn load_events(
     c: &Connection,
     sealer: &Sealer,
     chat_id: ChatId,

@@ -54,6 +54,49 @@ pub const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     ) STRICT;
     ",
+    // 2: chat features: departments, TOTP, ratings and wrap-up, canned responses, the
+    // offline inbox, page views.
+    "
+    ALTER TABLE operators ADD COLUMN departments TEXT NOT NULL DEFAULT '';
+    ALTER TABLE operators ADD COLUMN totp_secret BLOB;
+    ALTER TABLE operators ADD COLUMN totp_enabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE operators ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE recovery_codes (
+        operator_id INTEGER NOT NULL REFERENCES operators(id),
+        code_hash BLOB NOT NULL,
+        used_ms INTEGER,
+        PRIMARY KEY (operator_id, code_hash)
+    ) STRICT;
+    ALTER TABLE chats ADD COLUMN department TEXT;
+    ALTER TABLE chats ADD COLUMN visitor_id TEXT;
+    ALTER TABLE chats ADD COLUMN accepted_ms INTEGER;
+    ALTER TABLE chats ADD COLUMN rating INTEGER;
+    ALTER TABLE chats ADD COLUMN wrapup_category TEXT;
+    ALTER TABLE chats ADD COLUMN extra BLOB;
+    CREATE INDEX chats_by_created ON chats(created_ms);
+    CREATE TABLE canned (
+        id INTEGER PRIMARY KEY,
+        shortcut TEXT NOT NULL UNIQUE,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        changed_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE offline_messages (
+        id INTEGER PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        department TEXT,
+        body BLOB NOT NULL,
+        read_ms INTEGER,
+        read_by INTEGER REFERENCES operators(id)
+    ) STRICT;
+    CREATE TABLE page_views (
+        id INTEGER PRIMARY KEY,
+        visitor_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        body BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX page_views_by_ts ON page_views(ts_ms);
+    ",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

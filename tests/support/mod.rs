@@ -130,6 +130,34 @@ impl Demo {
     }
 }
 
+/// An operator with an open console (event stream): visitors can start chats.
+pub struct Online {
+    pub client: Client,
+    pub cookie: String,
+    pub stream: EventStream,
+}
+
+impl Demo {
+    /// Log the demo operator in and keep its event stream open.
+    pub async fn operator_online(&self) -> Online {
+        let client = self.operator();
+        let cookie = self.login(&client).await;
+        let mut stream = client
+            .events("/api/v1/operator/events", &[("cookie", cookie.clone())])
+            .await
+            .expect("operator event stream");
+        stream
+            .until("snapshot", Duration::from_secs(10))
+            .await
+            .expect("snapshot");
+        Online {
+            client,
+            cookie,
+            stream,
+        }
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
