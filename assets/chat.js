@@ -785,8 +785,7 @@
       var value = input.value.trim();
       var label = input.getAttribute('data-label') || input.name;
       if (!value && input.required) {
-        showError(el.prechatError, input.tagName === 'SELECT' ? 'Please choose: ' + label + '.' :
-          'Please enter your ' + label.toLowerCase() + '.');
+        showError(el.prechatError, (input.tagName === 'SELECT' ? 'Please choose: ' : 'Please fill in: ') + label + '.');
         input.focus();
         return;
       }
@@ -971,7 +970,7 @@
     clearTimeout(state.readTimer);
     var gen = state.generation;
     state.readTimer = setTimeout(function () {
-      if (gen !== state.generation) { return; }
+      if (gen !== state.generation || state.ended) { return; }
       var upTo = state.readCandidate;
       if (upTo <= state.readSent) { return; }
       state.readSent = upTo;
@@ -986,6 +985,7 @@
   function enterEnded() {
     if (state.ended) { return; }
     state.ended = true;
+    clearTimeout(state.readTimer);
     showTyping(false);
     stopTyping(false);
     el.compose.hidden = true;

@@ -16,7 +16,7 @@
   var API = '/api/v1/operator';
   var TYPING_IDLE_MS = 3000;
   var TYPING_SHOW_MS = 7000;
-  var TEAM_POLL_MS = 10000;
+  var TEAM_POLL_MS = 5000;
   var LIVE_POLL_MS = 2000;
 
   function $(id) { return document.getElementById(id); }
@@ -1517,7 +1517,7 @@
     clearTimeout(chat.readTimer);
     chat.readTimer = setTimeout(function () {
       var upTo = chat.lastId;
-      if (upTo <= chat.readSent || !state.chats.has(chat.id)) { return; }
+      if (upTo <= chat.readSent || chat.ended || !state.chats.has(chat.id)) { return; }
       chat.readSent = upTo;
       request('POST', chatUrl(chat.id, 'read'), { up_to: upTo }).then(function (r) {
         if (!r.ok && r.status !== 404 && chat.readSent === upTo) { chat.readSent = 0; }
@@ -1528,6 +1528,8 @@
   function setEnded(chat) {
     if (chat.ended) { return; }
     chat.ended = true;
+    clearTimeout(chat.readTimer);
+    if (chat.mode === 'transcript') { return; }
     if (chat.mode === 'mine') { stopTyping(chat, false); }
     showVisitorTyping(chat, false);
     chat.el.panel.classList.add('ended');
@@ -1548,6 +1550,7 @@
 
   function showVisitorTyping(chat, on) {
     clearTimeout(chat.typingShowTimer);
+    if (!chat.el.typing) { return; }
     if (on && !chat.ended) {
       setText(chat.el.typing, (chat.name || 'The visitor') + ' is typing…');
       chat.typingShowTimer = setTimeout(function () { setText(chat.el.typing, ''); }, TYPING_SHOW_MS);
@@ -1924,8 +1927,9 @@
       tr.appendChild(make('td', 'live-operator', c.operator ? operatorLabel(c.operator) : '—'));
       tr.appendChild(make('td', '', c.department || '—'));
       tr.appendChild(make('td', 'live-state', c.state));
-      var since = make('td', 'num', typeof c.since === 'number' ? formatDuration((Date.now() - c.since) / 1000) : '');
-      if (typeof c.since === 'number') { since.setAttribute('data-since-ms', String(c.since)); }
+      var known = typeof c.since === 'number' && c.since > 0;
+      var since = make('td', 'num', known ? formatDuration((Date.now() - c.since) / 1000) : '—');
+      if (known) { since.setAttribute('data-since-ms', String(c.since)); }
       tr.appendChild(since);
       var act = make('td', 'live-actions');
       var watching = state.monitoring.has(c.chat_id);

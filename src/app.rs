@@ -592,13 +592,16 @@ async fn watch_accounts(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         };
         for (op, changed_ms) in changed {
             since = since.max(changed_ms);
-            let ended = app.auth.end_sessions_of(op);
             app.names().remove(&op);
-            app.hub
-                .to_operators(crate::hub::OperatorEvent::SessionsEnded {
-                    operator: op,
-                    session: None,
-                });
+            // Sessions opened before the change end; a login after it stays.
+            let ended = app.auth.end_sessions_before(op, changed_ms);
+            if ended > 0 {
+                app.hub
+                    .to_operators(crate::hub::OperatorEvent::SessionsEnded {
+                        operator: op,
+                        session: None,
+                    });
+            }
             if ended > 0 {
                 app.audit
                     .record(

@@ -3,6 +3,7 @@
 
 mod demo;
 pub mod explain;
+mod op;
 
 use crate::app::{self, Verified};
 use crate::audit::ids;
@@ -76,6 +77,23 @@ enum Command {
     Visitor {
         #[command(subcommand)]
         command: VisitorCommand,
+    },
+    /// Terminal operator client: password and authentication string are read from
+    /// standard input (never argv); then commands /queue /chats /accept ID /chat ID /end
+    /// /quit, and any other line is a message to the current chat.
+    Op {
+        /// The operator listener, https://ADDRESS:PORT
+        #[arg(long)]
+        url: String,
+        /// The operator certificate's pin (sha256/BASE64); the connection fails otherwise.
+        #[arg(long)]
+        pin: String,
+        /// Username.
+        #[arg(long)]
+        user: String,
+        /// Also read an authenticator (TOTP) or recovery code from standard input.
+        #[arg(long)]
+        totp: bool,
     },
     /// Write a consistent online copy of the database (still encrypted) to FILE.
     Backup {
@@ -233,6 +251,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Operator { command } => operator(command).await,
         Command::AuthString { config } => auth_string(config),
         Command::Policy { command } => policy_cmd(command),
+        Command::Op {
+            url,
+            pin,
+            user,
+            totp,
+        } => op::run(url, pin, user, totp).await,
         Command::Audit {
             command: AuditCommand::Verify { config, head },
         } => audit_verify(config, head),

@@ -141,6 +141,8 @@ struct Session {
     departments: Vec<String>,
     must_enroll: bool,
     created: Instant,
+    /// Wall-clock creation time, to compare with account changes.
+    created_ms: i64,
     last_seen: Instant,
 }
 
@@ -393,6 +395,7 @@ impl Auth {
                 departments: a.departments.clone(),
                 must_enroll,
                 created: now,
+                created_ms: crate::storage::now_ms(),
                 last_seen: now,
             },
         );
@@ -468,6 +471,15 @@ impl Auth {
             .values()
             .filter(|s| s.operator == op)
             .count()
+    }
+
+    /// End the sessions of an operator opened before `changed_ms` (the account changed
+    /// after they logged in). Returns how many ended.
+    pub fn end_sessions_before(&self, op: OperatorId, changed_ms: i64) -> usize {
+        let mut map = lock(&self.sessions);
+        let before = map.len();
+        map.retain(|_, s| s.operator != op || s.created_ms >= changed_ms);
+        before - map.len()
     }
 
     /// End every session of an operator (password change, disable).

@@ -253,7 +253,8 @@ async fn run(
                 serde_json::json!({ "unread": app.storage.offline_unread().await.unwrap_or(0) }),
             ),
             Ok(OperatorEvent::SessionsEnded { operator, session }) if operator == me => {
-                if session.is_none() || session == Some(op.session_hash()) {
+                let mine = op.session_hash();
+                if session == Some(mine) || (session.is_none() && !app.auth.session_alive(&mine)) {
                     return;
                 }
                 continue;

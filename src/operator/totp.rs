@@ -31,6 +31,23 @@ pub fn base32(data: &[u8]) -> String {
     out
 }
 
+/// Decode RFC 4648 base32 (no padding, case-insensitive); `None` on a bad character.
+pub fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf: u64 = 0;
+    let mut bits = 0;
+    for c in s.trim_end_matches('=').bytes() {
+        let v = BASE32.iter().position(|b| *b == c.to_ascii_uppercase())? as u64;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    Some(out)
+}
+
 /// A fresh 160-bit secret.
 pub fn new_secret() -> Vec<u8> {
     let mut s = vec![0u8; 20];
@@ -174,6 +191,10 @@ mod tests {
     fn base32_matches_rfc4648() {
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
         assert_eq!(base32(b"f"), "MY");
+        assert_eq!(base32_decode("MZXW6YTBOI").unwrap(), b"foobar");
+        let s = new_secret();
+        assert_eq!(base32_decode(&base32(&s)).unwrap(), s);
+        assert!(base32_decode("not base32!").is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Real-browser end-to-end test: widget on a customer page, chat page in its iframe,
 // operator console, two chats at once, hostile visitor strings, CSP.
+// (The feature scenarios of issue 5 are in e2e.mjs, run by scripts/e2e-browser.)
 //
 // usage: node tests/browser/chat-flow.mjs --bin PATH_TO_palisade [--screenshots DIR] [--keep]
 //
@@ -347,6 +348,22 @@ async function main() {
     });
   });
 
+  const opCtx = await newContext(browser, 'operator', { width: 1440, height: 900 });
+  const op = await opCtx.newPage();
+
+  // An operator is online first: with nobody online the widget offers "leave a message".
+  await step('operator logs in with username, password and authentication string', async () => {
+    const res = await op.goto(demo.operator_url, { waitUntil: 'load' });
+    assert(res && res.ok(), `console answered ${res && res.status()}`);
+    await waitVisible(op.locator('#login-form'), 'login form');
+    await op.getByLabel('Username').fill(String(demo.operator_user));
+    await op.getByLabel('Password', { exact: true }).fill(String(demo.operator_password));
+    await op.getByLabel('Authentication string').fill(String(demo.auth_string));
+    await op.locator('#login-btn').click();
+    await waitVisible(op.locator('#app-view'), 'console after login', LOGIN_TIMEOUT);
+    await waitText(op.locator('#conn-state'), /Live/, 'event stream state');
+  });
+
   const visitorCtx = await newContext(browser, 'visitor1', { width: 1280, height: 800 });
   const v1 = await visitorCtx.newPage();
   let chat1; // Frame of visitor 1's chat iframe
@@ -355,6 +372,13 @@ async function main() {
     const res = await v1.goto(demo.demo_page_url, { waitUntil: 'load' });
     assert(res && res.ok(), `demo page answered ${res && res.status()}`);
     await waitVisible(v1.locator('#palisade-chat-button'), '#palisade-chat-button');
+  });
+
+  await step('widget creates the chat iframe hidden at page load', async () => {
+    const frame = v1.locator('#palisade-chat-frame');
+    await frame.waitFor({ state: 'attached' });
+    assert(await frame.isHidden(), 'the chat iframe is visible before the button was clicked');
+    await waitText(v1.locator('#palisade-chat-button'), /^Chat with us$/, 'button text with an operator online');
   });
 
   await step('widget opens the chat iframe with the pre-chat form', async () => {
@@ -374,21 +398,6 @@ async function main() {
     await chat1.locator('#start-btn').click();
     await waitText(chat1.locator('#chat-status'), /Waiting for an operator/, 'visitor status');
     await waitText(chat1.locator('#chat-status'), /you are number \d+ in the queue/, 'visitor queue position');
-  });
-
-  const opCtx = await newContext(browser, 'operator', { width: 1440, height: 900 });
-  const op = await opCtx.newPage();
-
-  await step('operator logs in with username, password and authentication string', async () => {
-    const res = await op.goto(demo.operator_url, { waitUntil: 'load' });
-    assert(res && res.ok(), `console answered ${res && res.status()}`);
-    await waitVisible(op.locator('#login-form'), 'login form');
-    await op.getByLabel('Username').fill(String(demo.operator_user));
-    await op.getByLabel('Password', { exact: true }).fill(String(demo.operator_password));
-    await op.getByLabel('Authentication string').fill(String(demo.auth_string));
-    await op.locator('#login-btn').click();
-    await waitVisible(op.locator('#app-view'), 'console after login', LOGIN_TIMEOUT);
-    await waitText(op.locator('#conn-state'), /Live/, 'event stream state');
   });
 
   const q1 = op.locator('#queue-list .queue-item', { hasText: V1 });
@@ -428,7 +437,7 @@ async function main() {
   });
 
   await step('operator typing shows in the chat page', async () => {
-    await panel1.locator('textarea').pressSequentially(REPLY1, { delay: 15 });
+    await panel1.locator('textarea.msg-input').pressSequentially(REPLY1, { delay: 15 });
     await waitText(chat1.locator('#typing'), /is typing/, 'visitor typing indicator');
   });
 
@@ -505,7 +514,7 @@ async function main() {
     assert(text === V2_MSG, `message is ${JSON.stringify(text)}, expected the literal ${JSON.stringify(V2_MSG)}`);
     const started = await panel2.locator('.msg.from-visitor .msg-author').first().textContent();
     assert(started === V2, `author shown as ${JSON.stringify(started)}`);
-    const imgs = await op.locator('img, script:not([src]), b').count();
+    const imgs = await op.locator('img:not(#enrol-qr), script:not([src]), b').count();
     assert(imgs === 0, `${imgs} element(s) from visitor markup exist in the console`);
     const chatImgs = await chat2.locator('#messages img, #messages b').count();
     assert(chatImgs === 0, `${chatImgs} element(s) from visitor markup exist in the chat page`);
