@@ -550,7 +550,7 @@ pub async fn live_stats(app: &App) -> Result<serde_json::Value, String> {
         let live = core.live();
         let active = live
             .iter()
-            .filter(|(_, s, _)| matches!(s, crate::core::ChatState::Active { .. }))
+            .filter(|(_, s, ..)| matches!(s, crate::core::ChatState::Active { .. }))
             .count();
         let queue = core.queue();
         let longest = queue
@@ -707,7 +707,9 @@ pub async fn start(
             token.copy_from_slice(&chat.token_hash);
         }
         match (chat.state.as_str(), chat.operator_id) {
-            ("active", Some(op)) => core.open_active(chat.id, token, op, chat.department.clone()),
+            ("active", Some(op)) => {
+                core.open_active(chat.id, token, op, chat.department.clone(), chat.created_ms)
+            }
             _ => core.open_queued(chat.id, token, chat.created_ms, chat.department.clone()),
         }
         core.set_label(

@@ -128,7 +128,7 @@ pub async fn start(
             {
                 let mut core = app2.core();
                 match assigned {
-                    Some(op) => core.open_active(ev.chat_id, token_hash, op, department),
+                    Some(op) => core.open_active(ev.chat_id, token_hash, op, department, ev.ts),
                     None => core.open_queued(ev.chat_id, token_hash, ev.ts, department),
                 }
                 core.set_label(ev.chat_id, label.0, label.1);

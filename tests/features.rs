@@ -484,7 +484,12 @@ async fn live_visitors_invitations_and_read_receipts() {
     let chat = r.json()["chat_id"].as_i64().unwrap();
     let token = r.json()["token"].as_str().unwrap().to_string();
     let accepted = loop {
-        let e = op.stream.until("invite", T).await.expect("invite update").data;
+        let e = op
+            .stream
+            .until("invite", T)
+            .await
+            .expect("invite update")
+            .data;
         if e["status"] != "pending" {
             break e;
         }

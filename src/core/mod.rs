@@ -69,6 +69,8 @@ pub enum ChatState {
 #[derive(Debug, Clone)]
 struct Chat {
     state: ChatState,
+    /// When the chat started (Unix ms).
+    started_ms: i64,
     token_hash: [u8; 32],
     department: Option<String>,
     /// Previous state and department, while a change is being stored.
@@ -222,9 +224,15 @@ impl ChatCore {
         ChatCore::default()
     }
 
-    fn new_chat(token_hash: [u8; 32], state: ChatState, department: Option<String>) -> Chat {
+    fn new_chat(
+        token_hash: [u8; 32],
+        state: ChatState,
+        department: Option<String>,
+        started_ms: i64,
+    ) -> Chat {
         Chat {
             state,
+            started_ms,
             token_hash,
             department,
             pending_from: None,
@@ -245,7 +253,12 @@ impl ChatCore {
     ) {
         self.chats.insert(
             id,
-            Self::new_chat(token_hash, ChatState::Queued { since_ms }, department),
+            Self::new_chat(
+                token_hash,
+                ChatState::Queued { since_ms },
+                department,
+                since_ms,
+            ),
         );
         self.by_token.insert(token_hash, id);
         self.queue.insert(id, since_ms);
@@ -258,10 +271,16 @@ impl ChatCore {
         token_hash: [u8; 32],
         operator: OperatorId,
         department: Option<String>,
+        started_ms: i64,
     ) {
         self.chats.insert(
             id,
-            Self::new_chat(token_hash, ChatState::Active { operator }, department),
+            Self::new_chat(
+                token_hash,
+                ChatState::Active { operator },
+                department,
+                started_ms,
+            ),
         );
         self.by_token.insert(token_hash, id);
         self.operator_mut(operator).chats.insert(id);
@@ -640,12 +659,12 @@ impl ChatCore {
         Ok(())
     }
 
-    /// Every live chat: (id, state, department).
-    pub fn live(&self) -> Vec<(ChatId, ChatState, Option<String>)> {
+    /// Every live chat: (id, state, department, started).
+    pub fn live(&self) -> Vec<(ChatId, ChatState, Option<String>, i64)> {
         let mut v: Vec<_> = self
             .chats
             .iter()
-            .map(|(id, c)| (*id, c.state, c.department.clone()))
+            .map(|(id, c)| (*id, c.state, c.department.clone(), c.started_ms))
             .collect();
         v.sort_by_key(|(id, ..)| *id);
         v

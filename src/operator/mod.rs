@@ -807,11 +807,11 @@ async fn live(app: &Arc<App>, op: &AuthenticatedOperator) -> Resp {
     }
     let live = app.core().live();
     let mut out = Vec::new();
-    for (chat, state, department) in live {
+    for (chat, state, department, started) in live {
         let label = app.core().label(chat).unwrap_or_default();
         let (state_name, operator, since) = match state {
             ChatState::Queued { since_ms } => ("queued", None, since_ms),
-            ChatState::Active { operator } => ("active", Some(operator), 0),
+            ChatState::Active { operator } => ("active", Some(operator), started),
             ChatState::Ending { .. } => continue,
         };
         let operator = match operator {
