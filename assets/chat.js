@@ -619,8 +619,7 @@
     el.inviteAccept.disabled = true;
     el.inviteDecline.disabled = true;
     api('POST', '/invite/decline', { invite_id: inv.invite_id }, state.visitorToken);
-    state.inviteOpened = true; // close the panel again: the visitor said no
-    leaveInvite(true);
+    leaveInvite(true); // closes the panel again if the invitation opened it
   });
 
   /* ---------- online status and the forms ---------- */
