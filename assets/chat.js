@@ -1302,7 +1302,14 @@
     if (state.ended || !state.token) { return; }
     el.endBtn.disabled = true;
     var gen = state.generation;
-    api('POST', '/end', {}, state.token).then(function (r) {
+    // what is on screen has been read: say so before the chat closes
+    clearTimeout(state.readTimer);
+    var flush = state.readCandidate > state.readSent && panelVisible() ?
+      api('POST', '/read', { up_to: state.readCandidate }, state.token) : Promise.resolve();
+    state.readSent = Math.max(state.readSent, state.readCandidate);
+    flush.then(function () {
+      return api('POST', '/end', {}, state.token);
+    }).then(function (r) {
       el.endBtn.disabled = false;
       if (gen !== state.generation) { return; }
       if (r.ok) {

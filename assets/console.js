@@ -365,6 +365,8 @@
     if (state.es) { state.es.close(); state.es = null; }
     stopTimers();
     state.me = null;
+    state.view = 'work';
+    state.enrolForced = false;
     state.queue = [];
     state.chats.forEach(function (c) { clearChatTimers(c); });
     state.monitors.forEach(function (c) { clearChatTimers(c); });
@@ -790,6 +792,17 @@
     renderVisitors();
   }
 
+  // a short label for a user agent (the whole string is in the tooltip); text only
+  function browserName(ua) {
+    if (!ua) { return ''; }
+    var m = /(Edg|OPR|Firefox|Chrome|Safari)\/(\d+)/.exec(ua);
+    var os = /Windows|Android|iPhone|iPad|Mac OS X|Linux/.exec(ua);
+    if (!m) { return ua.length > 40 ? ua.slice(0, 40) + '…' : ua; }
+    var name = { Edg: 'Edge', OPR: 'Opera' }[m[1]] || m[1];
+    if (name === 'Safari' && /Version\/(\d+)/.test(ua)) { m[2] = /Version\/(\d+)/.exec(ua)[1]; }
+    return name + ' ' + m[2] + (os ? ' · ' + (os[0] === 'Mac OS X' ? 'macOS' : os[0]) : '');
+  }
+
   function visitorStatus(v) {
     if (v.chatting) { return { text: 'Chatting', cls: 'chatting' }; }
     var inv = state.invites.get(String(v.visitor_id));
@@ -816,8 +829,10 @@
     var who = make('td', 'v-who');
     row.ip = make('span', 'v-ip');
     row.vid = make('span', 'v-id');
+    row.ua = make('span', 'v-ua');
     who.appendChild(row.ip);
     who.appendChild(row.vid);
+    who.appendChild(row.ua);
     var page = make('td', 'v-page');
     row.title = make('span', 'v-title');
     row.url = make('span', 'v-url');
@@ -851,6 +866,8 @@
       row.v = v;
       setText(row.ip, str(v.ip) || 'unknown address');
       setText(row.vid, '#' + id.slice(0, 8));
+      setText(row.ua, browserName(str(v.user_agent)));
+      row.ua.title = str(v.user_agent);
       setText(row.title, str(v.page_title) || '(no title)');
       setText(row.url, str(v.page_url));
       row.url.title = str(v.page_url);
@@ -1621,7 +1638,14 @@
   function endChat(chat) {
     if (chat.ended) { return; }
     chat.el.endBtn.disabled = true;
-    request('POST', chatUrl(chat.id, 'end')).then(function (r) {
+    // what is on screen has been read: say so before the chat closes
+    clearTimeout(chat.readTimer);
+    var flush = chat.lastId > chat.readSent ?
+      request('POST', chatUrl(chat.id, 'read'), { up_to: chat.lastId }) : Promise.resolve();
+    chat.readSent = Math.max(chat.readSent, chat.lastId);
+    flush.then(function () {
+      return request('POST', chatUrl(chat.id, 'end'));
+    }).then(function (r) {
       chat.el.endBtn.disabled = false;
       if (r.ok) {
         if (r.data && typeof r.data.id === 'number') {
@@ -1777,6 +1801,17 @@
       chat.el.pickerList.appendChild(li);
     });
   }
+
+  // a click outside a composer closes its canned-response picker
+  document.addEventListener('click', function (e) {
+    state.chats.forEach(function (chat) {
+      if (!chat.el.picker || chat.el.picker.hidden) { return; }
+      var t = e.target;
+      if (t && t.closest && (t.closest('.compose-input') === chat.el.picker.parentNode ||
+          t === chat.el.form.querySelector('.canned-btn'))) { return; }
+      chat.el.picker.hidden = true;
+    });
+  });
 
   /* ---------- transfer ---------- */
 

@@ -217,7 +217,11 @@ pub struct Stats {
 pub struct Limits {
     messages: Mutex<HashMap<i64, (Instant, u32)>>,
     chat_starts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    page_views: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
+
+/// Page views (and hellos) one source may report per minute.
+pub const PAGE_VIEWS_PER_MINUTE: u32 = 120;
 
 fn window_hit<K: std::hash::Hash + Eq + Copy>(
     map: &Mutex<HashMap<K, (Instant, u32)>>,
@@ -246,6 +250,11 @@ impl Limits {
     pub fn message_allowed(&self, chat: i64, per_minute: u32) -> bool {
         window_hit(&self.messages, chat, Duration::from_secs(60), per_minute)
     }
+    /// May this source report another page view now?
+    pub fn page_view_allowed(&self, source: IpAddr) -> bool {
+        window_hit(&self.page_views, source, Duration::from_secs(60), PAGE_VIEWS_PER_MINUTE)
+    }
+
     /// May this source start another chat now?
     pub fn chat_start_allowed(&self, source: IpAddr, per_hour: u32) -> bool {
         window_hit(

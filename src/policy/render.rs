@@ -117,7 +117,8 @@ pub fn nftables(p: &Policy) -> String {
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
     s.push_str("\t\tct state established,related accept\n\t\tct state invalid drop\n");
     s.push_str("\t\tiifname \"lo\" accept\n");
-    s.push_str("\t\tmeta l4proto icmp accept\n\t\tmeta l4proto ipv6-icmp accept\n");
+    // Protocol numbers, not names: a minimal appliance has no /etc/protocols.
+    s.push_str("\t\tmeta l4proto 1 accept comment \"ICMP\"\n\t\tmeta l4proto 58 accept comment \"ICMPv6\"\n");
     s.push_str("\t\tudp sport 67 udp dport 68 accept comment \"DHCP client\"\n");
     let mut rules: Vec<String> = Vec::new();
     for a in &p.network.visitor.listen {

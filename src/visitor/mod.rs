@@ -277,7 +277,14 @@ async fn record_page_view(app: &App, caller: &Caller, visitor_id: &str, page: &P
     }
 }
 
+fn too_many_page_views() -> Resp {
+    error(StatusCode::TOO_MANY_REQUESTS, "too many page views from this address; slow down")
+}
+
 async fn hello(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> Resp {
+    if !app.limits.page_view_allowed(caller.source) {
+        return too_many_page_views();
+    }
     let known = visitor_of(app, &req);
     let presented = bearer(&req).map(str::to_string);
     let body: PageBody = match read_json(req, app.policy().visitor.max_body_bytes).await {
@@ -314,6 +321,9 @@ async fn hello(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> Resp 
 }
 
 async fn page_view(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> Resp {
+    if !app.limits.page_view_allowed(caller.source) {
+        return too_many_page_views();
+    }
     let Some((visitor_id, _)) = visitor_of(app, &req) else {
         return error(StatusCode::UNAUTHORIZED, "unknown visitor; say hello first");
     };

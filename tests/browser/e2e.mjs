@@ -240,8 +240,8 @@ class World {
     return this.demo.addOperator(username, opts);
   }
 
-  async visitor(label, { referer, path: p, title } = {}) {
-    const ctx = await this.watch.context(this.browser, label, { width: 1280, height: 800 });
+  async visitor(label, { referer, path: p, title, userAgent } = {}) {
+    const ctx = await this.watch.context(this.browser, label, { width: 1280, height: 800 }, userAgent ? { userAgent } : {});
     const page = await ctx.newPage();
     this.pages.push([label, page]);
     const res = await page.goto(this.info.demo_page_url, { waitUntil: 'load', referer });
@@ -302,7 +302,8 @@ async function liveVisitors(w) {
   await w.setup({ chat: { visitor_idle_secs: '10' } });
   const op = await w.console('console');
   const v1 = await w.visitor('visitor1', { referer: 'https://search.example/?q=widgets' });
-  const v2 = await w.visitor('visitor2');
+  const EVIL_UA = '<img src=x onerror="window.__xss=20">EvilBot/1.0';
+  const v2 = await w.visitor('visitor2', { userAgent: EVIL_UA });
   const rows = op.page.locator('#visitors-body tr.visitor-row');
   await until('two visitors on the live list', async () => (await rows.count()) === 2);
   const row1 = op.visitorRow('search.example');
@@ -310,6 +311,15 @@ async function liveVisitors(w) {
   await waitText(row1.locator('.v-title'), /Acme Widgets/, 'current page title');
   await waitText(row1.locator('.v-pages'), /^1$/, 'pages viewed');
   assert(((await row1.locator('.v-ip').textContent()) || '').trim() !== '', 'no address shown');
+  await waitText(row1.locator('.v-ua'), /Chrome \d+/, 'browser of the visitor');
+
+  // the visitor token survives a reload (localStorage): same visitor, one more page view
+  const row2 = op.page.locator('#visitors-body tr.visitor-row').filter({ hasNotText: 'search.example' });
+  await waitText(row2.locator('.v-pages'), /^1$/, 'pages viewed by visitor 2');
+  assert((await row2.locator('.v-ua').getAttribute('title')) === EVIL_UA, 'user agent not kept literally');
+  await v2.page.reload({ waitUntil: 'load' });
+  await waitText(row2.locator('.v-pages'), /^2$/, 'pages viewed by visitor 2 after a reload');
+  assert((await rows.count()) === 2, 'a reload made a new visitor');
 
   // history navigation on the customer's page: the console follows within 2 seconds
   const t0 = Date.now();
@@ -327,8 +337,7 @@ async function liveVisitors(w) {
   // visitor-controlled strings stay text
   const evil = '<img src=x onerror="window.__xss=7">Evil title';
   await v2.navigate('/search?q=<script>window.__xss=8</script>', evil);
-  const row2 = op.visitorRow('Evil title');
-  await waitVisible(row2, 'the row with the hostile title');
+  await waitVisible(op.visitorRow('Evil title'), 'the row with the hostile title');
   assert((await row2.locator('.v-title').textContent()) === evil, 'title not shown literally');
   assert((await op.page.locator('#visitors-body img, #visitors-body script').count()) === 0, 'markup from a visitor became elements');
 
@@ -345,15 +354,23 @@ async function liveVisitors(w) {
 }
 
 async function invite(w) {
-  await w.setup();
+  await w.setup({ chat: { invite_timeout_secs: '10' } });
   const op = await w.console('console');
   const v1 = await w.visitor('visitor1', { path: '/shop/one', title: 'Shop one' });
   const v2 = await w.visitor('visitor2', { path: '/shop/two', title: 'Shop two' });
+  const v3 = await w.visitor('visitor3', { path: '/shop/three', title: 'Shop three' });
   const row1 = op.visitorRow('/shop/one');
   const row2 = op.visitorRow('/shop/two');
+  const row3 = op.visitorRow('/shop/three');
   await waitVisible(row1, 'visitor 1 on the list');
   await waitVisible(row2, 'visitor 2 on the list');
+  await waitVisible(row3, 'visitor 3 on the list');
   assert(!(await v1.iframe.isVisible()), 'the chat panel is open before any invitation');
+
+  // visitor 3 is invited and does not answer: the invitation expires (invite_timeout_secs)
+  await row3.locator('.invite-btn').click();
+  await waitVisible(v3.iframe, 'visitor 3: panel opened by the invitation');
+  const invitedAt = Date.now();
 
   const INVITE = 'Hi there! Looking for the perfect widget?';
   await op.page.locator('#invite-message').fill(INVITE);
@@ -388,6 +405,10 @@ async function invite(w) {
   await f2.locator('#invite-decline').click();
   await waitHidden(v2.iframe, 'visitor 2: panel closes after declining');
   await waitText(row2.locator('.v-status'), /Declined/, 'row status after declining');
+
+  await waitHidden(v3.iframe, 'visitor 3: the expired invitation closes', Math.max(1000, invitedAt + 25_000 - Date.now()));
+  await waitText(row3.locator('.v-status'), /expired|Browsing/, 'row status after the invitation expired');
+  await waitVisible(row3.locator('.invite-btn:not([disabled])'), 'invite possible again after expiry');
   await assertNoXss(w.pages);
 }
 
@@ -459,6 +480,14 @@ async function queuePosition(w) {
   await vs[2].status(/number 1 in the queue/, 'position after the one ahead left');
   await until('only the third visitor waiting', async () =>
     JSON.stringify(await op.page.locator('#queue-list .queue-name').allTextContents()) === JSON.stringify(['Quinn Three']));
+
+  // the first visitor ends the chat: the operator sees it
+  const f1 = await vs[0].frame();
+  await f1.locator('#end-btn').click();
+  await waitVisible(f1.locator('#ended-box'), 'ended box of the first visitor');
+  const p1 = op.panel('Quinn One');
+  await waitText(p1.locator('.state'), /Ended/, 'panel state after the visitor ended the chat');
+  await waitVisible(p1.locator('.msg.system', { hasText: 'The visitor ended the chat' }), 'ended notice in the console');
 }
 
 async function routing(w) {
@@ -570,6 +599,16 @@ async function typing(w) {
   await v.sees('ships to Iceland');
   await waitText(p.locator('.msg.from-operator .receipt'), /^Read$/, 'read receipt in the console');
   await w.shot(v.page, 'widget-chat.png');
+
+  // the visitor goes to another page of the site: the chat comes back open, nothing twice
+  await v.page.reload({ waitUntil: 'load' });
+  await waitVisible(v.iframe, 'the chat panel reopens by itself after a page load');
+  f = await v.frame();
+  await waitText(f.locator('#chat-status'), /You are chatting with Demo Operator/, 'status after a page load');
+  await v.sees('ships to Iceland', 'the conversation after a page load');
+  await until('each message once after a page load', async () =>
+    (await f.locator('.msg-text', { hasText: 'ship to Iceland?' }).count()) === 1 &&
+    (await f.locator('.msg-text', { hasText: 'ships to Iceland.' }).count()) === 1);
 
   // the visitor minimises the chat: the next reply is delivered, not read
   await v.minimise();

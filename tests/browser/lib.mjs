@@ -252,10 +252,17 @@ export class Demo {
     const count = (re) => (this.logText().match(re) || []).length;
     const loaded = /policy_loaded/g;
     const refused = /policy_reload_refused|reload refused/g;
+    // demo.json is written a moment before the daemon listens for SIGHUP; the last line
+    // of its banner comes right before that (SIGHUP earlier would end the process)
+    await until('the demo banner (the daemon handles signals after it)', () =>
+      /Everything \(credentials too\) is in/.test(this.logText()), 15_000, 50);
     const before = count(loaded);
     const refusedBefore = count(refused);
     process.kill(this.info.pid, 'SIGHUP');
     await until('the daemon to reload its policy', () => {
+      if (this.exited || !alive(this.info.pid)) {
+        throw new Error(`the daemon ended on SIGHUP: ${this.logTail(3)}`);
+      }
       if (count(refused) > refusedBefore) {
         throw new Error(`reload refused: ${this.logTail(4)}`);
       }
@@ -339,8 +346,8 @@ export class Watch {
     this.expected.push(re);
   }
 
-  async context(browser, label, viewport = { width: 1280, height: 800 }) {
-    const ctx = await browser.newContext({ viewport, locale: 'en-US', serviceWorkers: 'block', acceptDownloads: true });
+  async context(browser, label, viewport = { width: 1280, height: 800 }, extra = {}) {
+    const ctx = await browser.newContext({ viewport, locale: 'en-US', serviceWorkers: 'block', acceptDownloads: true, ...extra });
     ctx.setDefaultTimeout(STEP_TIMEOUT);
     await ctx.exposeBinding('__palisadeReportViolation', (source, v) => {
       this.violations.push({ context: label, frame: source.frame ? source.frame.url() : '?', ...v });
