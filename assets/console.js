@@ -681,6 +681,7 @@
     state.queue = Array.isArray(q) ? q.filter(function (x) { return x && typeof x === 'object'; }) : [];
     state.queue.forEach(function (x) { if (x.department) { addDepartments([x.department]); } });
     renderQueue();
+    renderVisitors();
   }
 
   function renderQueue() {
@@ -804,7 +805,11 @@
   }
 
   function visitorStatus(v) {
-    if (v.chatting) { return { text: 'Chatting', cls: 'chatting' }; }
+    if (v.chatting) {
+      var queued = v.chat_id !== undefined && v.chat_id !== null &&
+        state.queue.some(function (q) { return q.chat_id === v.chat_id; });
+      return queued ? { text: 'Waiting', cls: 'waiting' } : { text: 'Chatting', cls: 'chatting' };
+    }
     var inv = state.invites.get(String(v.visitor_id));
     var s = inv ? inv.status : null;
     if (!s && (v.invite === 'pending' || v.invite === 'declined')) { s = v.invite; }
@@ -828,11 +833,13 @@
     var row = { tr: tr };
     var who = make('td', 'v-who');
     row.ip = make('span', 'v-ip');
+    var sub = make('span', 'v-sub');
     row.vid = make('span', 'v-id');
     row.ua = make('span', 'v-ua');
+    sub.appendChild(row.vid);
+    sub.appendChild(row.ua);
     who.appendChild(row.ip);
-    who.appendChild(row.vid);
-    who.appendChild(row.ua);
+    who.appendChild(sub);
     var page = make('td', 'v-page');
     row.title = make('span', 'v-title');
     row.url = make('span', 'v-url');
@@ -866,7 +873,7 @@
       row.v = v;
       setText(row.ip, str(v.ip) || 'unknown address');
       setText(row.vid, '#' + id.slice(0, 8));
-      setText(row.ua, browserName(str(v.user_agent)));
+      setText(row.ua, v.user_agent ? ' · ' + browserName(str(v.user_agent)) : '');
       row.ua.title = str(v.user_agent);
       setText(row.title, str(v.page_title) || '(no title)');
       setText(row.url, str(v.page_url));

@@ -252,7 +252,12 @@ impl Limits {
     }
     /// May this source report another page view now?
     pub fn page_view_allowed(&self, source: IpAddr) -> bool {
-        window_hit(&self.page_views, source, Duration::from_secs(60), PAGE_VIEWS_PER_MINUTE)
+        window_hit(
+            &self.page_views,
+            source,
+            Duration::from_secs(60),
+            PAGE_VIEWS_PER_MINUTE,
+        )
     }
 
     /// May this source start another chat now?

@@ -240,9 +240,12 @@ pub async fn accept(
 
 /// End a chat from either side.
 pub async fn end(app: &Arc<App>, chat: ChatId, from: Sender) -> Result<StoredEvent, ActionError> {
-    let operator = app.core().end(chat)?;
+    let (operator, audience) = {
+        let mut core = app.core();
+        let operator = core.end(chat)?;
+        (operator, core.audience(chat))
+    };
     let app2 = app.clone();
-    let audience = app.core().audience(chat);
     let res = app
         .storage
         .append_event(

@@ -163,6 +163,7 @@ pub const DEFAULT_CHAT: &str = include_str!("../../policy/chat.toml");
 
 pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
     crate::sandbox::harden_process()?;
+    let signals = super::Signals::install()?;
     let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("palisade-demo-{}", std::process::id())),
@@ -338,7 +339,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         "  Everything (credentials too) is in {}",
         dir.join("demo.json").display()
     );
-    super::run_until_stopped(&running.app).await;
+    signals.run_until_stopped(&running.app).await;
     running.shutdown("signal").await;
     Ok(ExitCode::SUCCESS)
 }

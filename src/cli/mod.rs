@@ -454,6 +454,7 @@ async fn serve(config: PathBuf) -> Result<ExitCode, String> {
     crate::sandbox::raise_nofile();
     let cfg = load_config(&config)?;
     let activated = crate::sandbox::activation::take_listeners()?;
+    let signals = Signals::install()?;
     let verified: Verified = app::verify(&cfg).map_err(|e| {
         for line in &e.0 {
             let id = if line.contains(" certificate ") {
@@ -487,7 +488,7 @@ async fn serve(config: PathBuf) -> Result<ExitCode, String> {
         ],
     );
     spawn_watchdog(running.app.clone());
-    run_until_stopped(&running.app).await;
+    signals.run_until_stopped(&running.app).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     running.shutdown("signal").await;
     Ok(ExitCode::SUCCESS)
@@ -523,31 +524,49 @@ fn spawn_watchdog(app: std::sync::Arc<app::App>) {
     });
 }
 
-/// Serve until SIGTERM or SIGINT; SIGHUP reloads policy and certificates.
-pub(crate) async fn run_until_stopped(app: &std::sync::Arc<app::App>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                let outcome = match app::reload(app).await {
-                    Ok(()) => format!("policy {} in force", app.policy().sha256),
-                    Err(p) => format!("reload refused ({} problems); previous policy kept", p.len()),
-                };
-                let _ = sd_notify::notify(
-                    false,
-                    &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&outcome)],
-                );
+/// The signals the daemon acts on, installed before it announces readiness so that a
+/// SIGHUP sent as soon as it is ready is never lost (or fatal).
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl std::fmt::Debug for Signals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signals")
+    }
+}
+
+impl Signals {
+    pub(crate) fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let s =
+            |k: SignalKind| signal(k).map_err(|e| format!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: s(SignalKind::terminate())?,
+            int: s(SignalKind::interrupt())?,
+            hup: s(SignalKind::hangup())?,
+        })
+    }
+
+    /// Serve until SIGTERM or SIGINT; SIGHUP reloads policy and certificates.
+    pub(crate) async fn run_until_stopped(mut self, app: &std::sync::Arc<app::App>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                    let outcome = match app::reload(app).await {
+                        Ok(()) => format!("policy {} in force", app.policy().sha256),
+                        Err(p) => format!("reload refused ({} problems); previous policy kept", p.len()),
+                    };
+                    let _ = sd_notify::notify(
+                        false,
+                        &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&outcome)],
+                    );
+                }
             }
         }
     }

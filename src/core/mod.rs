@@ -357,11 +357,17 @@ impl ChatCore {
         }
     }
 
-    /// Who sees a chat's events: the assigned operator and its monitors.
+    /// Who sees a chat's events: the assigned operator (also while the chat is ending)
+    /// and its monitors.
     pub fn audience(&self, id: ChatId) -> Vec<OperatorId> {
-        let mut out: Vec<OperatorId> = self.assigned(id).into_iter().collect();
+        let owner = match self.chats.get(&id).map(|c| c.state) {
+            Some(ChatState::Active { operator }) => Some(operator),
+            Some(ChatState::Ending { operator }) => operator,
+            _ => None,
+        };
+        let mut out: Vec<OperatorId> = owner.into_iter().collect();
         if let Some(m) = self.monitors.get(&id) {
-            out.extend(m.iter().copied().filter(|o| Some(*o) != self.assigned(id)));
+            out.extend(m.iter().copied().filter(|o| Some(*o) != owner));
         }
         out
     }

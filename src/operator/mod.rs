@@ -180,8 +180,16 @@ async fn chat_action(
         (&Method::POST, "whisper") => whisper(app, op, chat, req).await,
         (&Method::POST, "takeover") => takeover(app, op, chat).await,
         (m, a) => {
-            let oc = match app.core().operator_chat(op.id, chat) {
+            let decided = app.core().operator_chat(op.id, chat);
+            let oc = match decided {
                 Ok(oc) => oc,
+                Err(_) if (m, a) == (&Method::POST, "read") => {
+                    // A read receipt racing the end of a chat this operator had.
+                    return match app.storage.chat(chat).await {
+                        Ok(Some(c)) if c.operator_id == Some(op.id) => no_content(),
+                        _ => not_found(),
+                    };
+                }
                 Err(_) => return not_found(),
             };
             match (m, a) {

@@ -119,6 +119,13 @@ pub async fn handle(app: Arc<App>, source: IpAddr, req: Request<Incoming>) -> Re
             transcript::download(&app, &req, true).await
         }
         (_, p) if p.starts_with("/api/v1/visitor/") => match authorise(&app, &req) {
+            // A read receipt racing the end of the chat: nothing left to tell anyone.
+            Err(_) if (&method, p) == (&Method::POST, "/api/v1/visitor/read") => {
+                match chat_of_token(&app, &req).await {
+                    Ok(_) => no_content(),
+                    Err(r) => r,
+                }
+            }
             Err(r) => r,
             Ok(chat) => match (&method, p) {
                 (&Method::POST, "/api/v1/visitor/messages") => send_message(&app, chat, req).await,
@@ -278,7 +285,10 @@ async fn record_page_view(app: &App, caller: &Caller, visitor_id: &str, page: &P
 }
 
 fn too_many_page_views() -> Resp {
-    error(StatusCode::TOO_MANY_REQUESTS, "too many page views from this address; slow down")
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many page views from this address; slow down",
+    )
 }
 
 async fn hello(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> Resp {

@@ -344,7 +344,9 @@ async function liveVisitors(w) {
   // chatting or not
   await waitText(row2.locator('.v-status'), /Browsing/, 'status before chatting');
   await v2.startChat({ name: 'Vera Visitor', question: 'Do you sell gift cards?' });
-  await waitText(row2.locator('.v-status'), /Chatting/, 'status while chatting');
+  await waitText(row2.locator('.v-status'), /^Waiting$/, 'status while the chat waits');
+  await op.accept('Vera Visitor');
+  await waitText(row2.locator('.v-status'), /^Chatting$/, 'status while chatting');
   await w.shot(op.page, 'console-visitors.png');
 
   // a visitor who leaves drops off the list after visitor_idle_secs
@@ -355,7 +357,9 @@ async function liveVisitors(w) {
 
 async function invite(w) {
   await w.setup({ chat: { invite_timeout_secs: '10' } });
+  const bob = w.addOperator('bob', { display: 'Bob Baker' });
   const op = await w.console('console');
+  const bobC = await w.console('bob', bob);
   const v1 = await w.visitor('visitor1', { path: '/shop/one', title: 'Shop one' });
   const v2 = await w.visitor('visitor2', { path: '/shop/two', title: 'Shop two' });
   const v3 = await w.visitor('visitor3', { path: '/shop/three', title: 'Shop three' });
@@ -393,6 +397,8 @@ async function invite(w) {
   await waitVisible(panel, 'a chat panel for the accepted invitation');
   await v1.say('Yes please, which one is the quietest?');
   await waitVisible(panel.locator('.msg.from-visitor .msg-text', { hasText: 'quietest' }), 'visitor message in the console');
+  assert((await bobC.page.locator('#chat-panels .chat-panel').count()) === 0, 'the accepted invitation reached another operator');
+  await waitText(bobC.visitorRow('/shop/one').locator('.v-status'), /Chatting/, "the other operator's list shows the visitor chatting");
   await panel.locator('.msg-input').fill('The Widget Pro XL: half the noise.');
   await panel.locator('.send-btn').click();
   await v1.sees('half the noise', 'operator reply');
@@ -851,9 +857,10 @@ async function stats(w) {
   const op = await w.console('console');
   const stat = (id) => op.page.locator(`#stat-${id}`);
   const v1 = await w.visitor('visitor1', { path: '/products/classic', title: 'The Classic Widget — Acme' });
-  const v2 = await w.visitor('visitor2', { path: '/shipping', title: 'Shipping — Acme' });
+  const v2 = await w.visitor('visitor2', { path: '/shipping', title: 'Shipping and returns — Acme' });
   const v3 = await w.visitor('visitor3', { referer: 'https://news.example/widgets-review' });
-  await waitText(stat('visitors'), /^3$/, 'visitors online');
+  const v4 = await w.visitor('visitor4', { path: '/products/pocket', title: 'Pocket Widget — Acme' });
+  await waitText(stat('visitors'), /^4$/, 'visitors online');
   await waitText(stat('waiting'), /^0$/, 'waiting');
 
   await v1.startChat({ name: 'Stan Stats', question: 'Is the Classic dishwasher safe?' });
@@ -865,23 +872,29 @@ async function stats(w) {
   await waitText(stat('waiting'), /^0$/, 'waiting after accepting');
   await waitText(stat('today'), /^1$/, 'chats today');
   await v1.say('And the Pro XL?');
-  await op.reply('Stan Stats', 'Both are dishwasher safe.');
+  await op.reply('Stan Stats', 'Both are dishwasher safe, top rack.');
+
+  await v3.startChat({ name: 'Nora News', question: 'I read your review: is the Pocket Widget waterproof?' });
+  await op.accept('Nora News');
+  await waitText(stat('active'), /^2$/, 'two chats active');
+  await op.reply('Nora News', 'Splash-proof, yes; not for diving.');
+  await v3.sees('not for diving');
 
   // one waits and gives up: missed
-  await v2.startChat({ name: 'Mia Missed', question: 'Hello?' });
-  await waitText(stat('waiting'), /^1$/, 'waiting for the second chat');
-  await waitText(stat('today'), /^2$/, 'chats today after the second');
-  const f3 = await v3.open();
-  await waitVisible(f3.locator('#prechat-form'), 'third visitor looking at the form');
+  await v2.startChat({ name: 'Mia Missed', question: 'Can I return a used widget?' });
+  await waitText(stat('waiting'), /^1$/, 'waiting for the third chat');
+  await waitText(stat('today'), /^3$/, 'chats today after the third');
+  await v4.navigate('/products/pocket/reviews', 'Pocket Widget reviews — Acme');
+  await waitVisible(op.visitorRow('Pocket Widget reviews'), 'the browsing visitor on a new page');
   await w.shot(op.page, 'console-overview.png');
   const f2 = await v2.frame();
   await f2.locator('#end-btn').click();
   await waitText(stat('missed'), /^1$/, 'missed today');
-  await waitText(stat('waiting'), /^0$/, 'waiting after the second left');
+  await waitText(stat('waiting'), /^0$/, 'waiting after the third left');
 
   // a rating moves the average
   await op.panel('Stan Stats').locator('.end-btn').click();
-  await waitText(stat('active'), /^0$/, 'active after ending');
+  await waitText(stat('active'), /^1$/, 'active after ending one');
   const f1 = await v1.frame();
   await waitVisible(f1.locator('#rating-form'), 'rating form');
   await f1.locator('.star[data-value="5"]').click();
