@@ -377,6 +377,31 @@ async fn supervisors_monitor_whisper_and_take_over_operators_cannot() {
         .status,
         200
     );
+    // The visitor ends the chat: its operator hears of it at once.
+    let end = v
+        .post_json("/api/v1/visitor/end", &json!({}), &[bearer(&token)])
+        .await
+        .unwrap();
+    assert_eq!(end.status, 200);
+    assert_eq!(sue.wait_chat("ended", chat).await["from"], "visitor");
+    assert_eq!(sue.wait_chat("chat", chat).await["state"], "ended");
+    // A read receipt racing the end is accepted quietly by both sides.
+    let read = sue
+        .post(
+            &format!("/api/v1/operator/chats/{chat}/read"),
+            json!({"up_to": 1}),
+        )
+        .await;
+    assert_eq!(read.status, 204);
+    let read = v
+        .post_json(
+            "/api/v1/visitor/read",
+            &json!({"up_to": 1}),
+            &[bearer(&token)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.status, 204);
     let db =
         rusqlite::Connection::open(std::path::Path::new(&demo.s("state_dir")).join("palisade.db"))
             .unwrap();
