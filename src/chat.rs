@@ -325,35 +325,14 @@ pub async fn transfer(
             assign_and_announce(app, chat, to, target_name, Some(op.id)).await?;
         }
         TransferTarget::Department(d) => {
-            let app2 = app.clone();
-            let from = op.id;
-            let res = app
-                .storage
-                .append_event(
-                    chat,
-                    EventKind::Requeued,
-                    Sender::System,
-                    None,
-                    String::new(),
-                    format!("transferred to {d}"),
-                    Some(StateChange::Queued {
-                        department: Some(d.clone()),
-                    }),
-                    move |ev| {
-                        app2.core().confirm(chat);
-                        publish(&app2, ev);
-                        app2.hub.to_operators(OperatorEvent::ChatRemoved {
-                            operator: from,
-                            chat,
-                        });
-                        queue_changed(&app2);
-                    },
-                )
-                .await;
-            if let Err(e) = res {
-                app.core().revert(chat);
-                return Err(e.into());
-            }
+            requeue(
+                app,
+                chat,
+                Some(d.clone()),
+                format!("transferred to {d}"),
+                Some(op.id),
+            )
+            .await?;
             route(app).await;
         }
     }
@@ -371,29 +350,49 @@ pub async fn take_over(
     Ok(())
 }
 
+/// Store a decided move back to the queue (confirm on commit, revert on failure).
+async fn requeue(
+    app: &Arc<App>,
+    chat: ChatId,
+    department: Option<String>,
+    reason: String,
+    removed_from: Option<OperatorId>,
+) -> Result<(), StorageError> {
+    let app2 = app.clone();
+    let res = app
+        .storage
+        .append_event(
+            chat,
+            EventKind::Requeued,
+            Sender::System,
+            None,
+            String::new(),
+            reason,
+            Some(StateChange::Queued { department }),
+            move |ev| {
+                app2.core().confirm(chat);
+                publish(&app2, ev);
+                if let Some(operator) = removed_from {
+                    app2.hub
+                        .to_operators(OperatorEvent::ChatRemoved { operator, chat });
+                }
+                queue_changed(&app2);
+            },
+        )
+        .await;
+    if res.is_err() {
+        app.core().revert(chat);
+    }
+    res.map(|_| ())
+}
+
 /// An operator logged out: their chats go back to the queue, then routing runs.
 pub async fn requeue_operator(app: &Arc<App>, op: OperatorId) {
     let chats = app.core().requeue_all(op, now_ms());
     for chat in chats {
-        let app2 = app.clone();
-        let res = app
-            .storage
-            .append_event(
-                chat,
-                EventKind::Requeued,
-                Sender::System,
-                None,
-                String::new(),
-                "the operator left; waiting for another operator".into(),
-                Some(StateChange::Queued { department: None }),
-                move |ev| {
-                    app2.core().confirm(chat);
-                    publish(&app2, ev);
-                },
-            )
-            .await;
-        if res.is_err() {
-            app.core().revert(chat);
+        let reason = "the operator left; waiting for another operator".to_string();
+        if let Err(e) = requeue(app, chat, None, reason, None).await {
+            tracing::error!(error = %e, chat = chat.0, "requeue not stored");
         }
     }
     queue_changed(app);

@@ -488,19 +488,7 @@ async fn send_message(
         None,
     )
     .await;
-    match res {
-        Ok(ev) => json(
-            StatusCode::OK,
-            &serde_json::json!({ "id": ev.id, "ts": ev.ts }),
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "operator message not stored");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the message was not saved; please send it again",
-            )
-        }
-    }
+    crate::visitor::message_saved(res, "operator")
 }
 
 async fn typing(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) -> Resp {

@@ -761,13 +761,18 @@ async fn send_message(app: &Arc<App>, chat: VisitorChat, req: Request<Incoming>)
         None,
     )
     .await;
+    message_saved(res, "visitor")
+}
+
+/// The answer to a chat message: its id once it is on disk, or "not saved".
+pub fn message_saved(res: Result<StoredEvent, crate::storage::StorageError>, side: &str) -> Resp {
     match res {
         Ok(ev) => json(
             StatusCode::OK,
             &serde_json::json!({ "id": ev.id, "ts": ev.ts }),
         ),
         Err(e) => {
-            tracing::error!(error = %e, "visitor message not stored");
+            tracing::error!(error = %e, "{side} message not stored");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the message was not saved; please send it again",
