@@ -623,6 +623,7 @@
     if (s.stats) { setStats(s.stats); }
     if (typeof s.inbox_unread === 'number') { setInboxUnread(s.inbox_unread); }
     renderChatCount();
+    loadOperators(); // our own presence changed with this stream
   }
 
   function resync() {
@@ -775,7 +776,7 @@
       var dot = make('span', 'pdot ' + p);
       dot.setAttribute('aria-hidden', 'true');
       li.appendChild(dot);
-      var name = make('span', 'team-name', o.display_name || o.username);
+      var name = make('span', 'team-name', (o.display_name || o.username) + (isMe(o.username) ? ' (you)' : ''));
       li.appendChild(name);
       li.appendChild(make('span', 'team-presence', p));
       if (typeof o.chats === 'number') {
@@ -2084,6 +2085,15 @@
       head.appendChild(make('span', 'inbox-time muted', formatDateTime(m.ts)));
       li.appendChild(head);
       li.appendChild(make('p', 'inbox-message', m.message));
+      var actions = make('div', 'row-actions');
+      li.appendChild(actions);
+      if (typeof m.email === 'string' && m.email.indexOf('@') > 0) {
+        // mailto: + the encoded address: never a script URL, whatever the visitor typed
+        var reply = make('a', 'secondary small reply-link', 'Reply by email');
+        reply.href = 'mailto:' + encodeURIComponent(m.email) + '?subject=' + encodeURIComponent('Your message to us');
+        reply.rel = 'noopener';
+        actions.appendChild(reply);
+      }
       if (!m.read) {
         var b = button('secondary small mark-read-btn', 'Mark as read', function () {
           b.disabled = true;
@@ -2099,7 +2109,7 @@
             }
           });
         });
-        li.appendChild(b);
+        actions.appendChild(b);
       }
       el.inboxList.appendChild(li);
     });

@@ -75,69 +75,85 @@ fn set(name: &str, kind: &str, nets: &[String]) -> String {
     s
 }
 
-fn accept_rule(a: &SocketAddr, source: Option<&str>, comment: &str) -> String {
-    let daddr = if a.ip().is_unspecified() {
+fn daddr(a: &SocketAddr) -> String {
+    if a.ip().is_unspecified() {
         String::new()
     } else if a.is_ipv4() {
         format!("ip daddr {} ", a.ip())
     } else {
         format!("ip6 daddr {} ", a.ip())
-    };
-    let saddr = match source {
-        Some(set) if a.is_ipv4() => format!("ip saddr @{set}_v4 "),
-        Some(set) => format!("ip6 saddr @{set}_v6 "),
-        None => String::new(),
-    };
-    format!(
-        "\t\t{saddr}{daddr}tcp dport {} accept comment \"{comment}\"\n",
-        a.port()
-    )
+    }
 }
 
 /// The nftables ruleset: the visitor ports open, the operator port open only to the
-/// allowlist, everything else inbound dropped.
+/// allowlist (refusals counted in `operator_refused`), everything else inbound dropped,
+/// nothing forwarded. Only nft keywords, no names from /etc/protocols or /etc/services
+/// (a minimal appliance has neither).
 pub fn nftables(p: &Policy) -> String {
-    let v4: Vec<String> = p
-        .operator_allow
-        .iter()
-        .filter(|n| matches!(n, IpNet::V4(_)))
-        .map(IpNet::to_string)
-        .collect();
-    let v6: Vec<String> = p
-        .operator_allow
-        .iter()
-        .filter(|n| matches!(n, IpNet::V6(_)))
-        .map(IpNet::to_string)
-        .collect();
+    let nets = |v6: bool| -> Vec<String> {
+        p.operator_allow
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+            .map(IpNet::to_string)
+            .collect()
+    };
     let mut s = String::from("#!/usr/sbin/nft -f\n");
     s.push_str(&header(p, "#"));
+    s.push_str(
+        "#\n# The appliance's inbound firewall: the visitor port for everyone, the operator port\n",
+    );
+    s.push_str(
+        "# only from the operator allowlist (the third layer, after the kernel allowlist on\n",
+    );
+    s.push_str("# palisade-operator.socket and the daemon's own check), nothing else.\n");
     s.push_str("\ntable inet palisade\ndelete table inet palisade\n\ntable inet palisade {\n");
-    s.push_str(&set("operator_sources_v4", "ipv4_addr", &v4));
-    s.push_str(&set("operator_sources_v6", "ipv6_addr", &v6));
+    s.push_str("\t# network.toml [operator] allow\n");
+    s.push_str(&set("operator_allow_v4", "ipv4_addr", &nets(false)));
+    s.push('\n');
+    s.push_str(&set("operator_allow_v6", "ipv6_addr", &nets(true)));
+    s.push_str("\n\tcounter operator_refused {\n\t}\n\n");
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
-    s.push_str("\t\tct state established,related accept\n\t\tct state invalid drop\n");
-    s.push_str("\t\tiifname \"lo\" accept\n");
-    // Protocol numbers, not names: a minimal appliance has no /etc/protocols.
-    s.push_str("\t\tmeta l4proto 1 accept comment \"ICMP\"\n\t\tmeta l4proto 58 accept comment \"ICMPv6\"\n");
-    s.push_str("\t\tudp sport 67 udp dport 68 accept comment \"DHCP client\"\n");
-    let mut rules: Vec<String> = Vec::new();
+    s.push_str("\t\tiif \"lo\" accept\n\t\tct state established,related accept\n\t\tct state invalid drop\n");
+    s.push_str("\t\t# Network housekeeping: ICMP errors and echo, IPv6 neighbour discovery, DHCP replies.\n");
+    s.push_str("\t\ticmp type { echo-request, destination-unreachable, time-exceeded, parameter-problem } accept\n");
+    s.push_str("\t\ticmpv6 type { echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept\n");
+    s.push_str("\t\tudp sport 67 udp dport 68 accept\n\t\tip6 saddr fe80::/10 udp sport 547 udp dport 546 accept\n");
+    // "0.0.0.0:443" and "[::]:443" render the same rule in an inet table: keep one.
+    let mut seen = std::collections::HashSet::new();
+    let mut emit = |s: &mut String, rule: String| {
+        if seen.insert(rule.clone()) {
+            s.push_str(&rule);
+        }
+    };
+    s.push_str("\t\t# network.toml [visitor] listen\n");
     for a in &p.network.visitor.listen {
-        rules.push(accept_rule(a, None, "visitor listener"));
+        emit(
+            &mut s,
+            format!("\t\t{}tcp dport {} accept\n", daddr(a), a.port()),
+        );
+    }
+    s.push_str("\t\t# network.toml [operator] listen and allow\n");
+    for a in &p.network.operator.listen {
+        let from = if a.is_ipv4() {
+            "ip saddr @operator_allow_v4"
+        } else {
+            "ip6 saddr @operator_allow_v6"
+        };
+        emit(
+            &mut s,
+            format!("\t\t{}tcp dport {} {from} accept\n", daddr(a), a.port()),
+        );
     }
     for a in &p.network.operator.listen {
-        rules.push(accept_rule(
-            a,
-            Some("operator_sources"),
-            "operator listener, allowlist only",
-        ));
+        emit(
+            &mut s,
+            format!(
+                "\t\ttcp dport {} counter name operator_refused drop\n",
+                a.port()
+            ),
+        );
     }
-    // "0.0.0.0:443" and "[::]:443" render the same rule in an inet table.
-    let mut seen = std::collections::HashSet::new();
-    rules.retain(|r| seen.insert(r.clone()));
-    for r in rules {
-        s.push_str(&r);
-    }
-    s.push_str("\t}\n}\n");
+    s.push_str("\t}\n\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n");
     s
 }
 
