@@ -238,15 +238,6 @@ pub struct ChatExtra {
     pub wrapup_note: String,
 }
 
-/// A persisted operator session.
-#[derive(Debug, Clone)]
-pub struct SessionRecord {
-    pub token_hash: Vec<u8>,
-    pub operator_id: OperatorId,
-    pub created_ms: i64,
-    pub last_seen_ms: i64,
-}
-
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -608,45 +599,6 @@ impl Storage {
                 "SELECT {OPERATOR_COLUMNS} FROM operators ORDER BY username"
             ))?;
             let rows = st.query_map([], operator_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    // ---- sessions ----
-
-    pub async fn insert_session(&self, s: SessionRecord) -> Result<(), StorageError> {
-        self.write(move |c, _| {
-            c.execute(
-                "INSERT INTO sessions(token_hash, operator_id, created_ms, last_seen_ms) VALUES(?1,?2,?3,?4)",
-                params![s.token_hash, s.operator_id.0, s.created_ms, s.last_seen_ms],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn delete_session(&self, token_hash: Vec<u8>) -> Result<(), StorageError> {
-        self.write(move |c, _| {
-            c.execute("DELETE FROM sessions WHERE token_hash=?1", [token_hash])?;
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        self.read(|c, _| {
-            let mut st = c.prepare(
-                "SELECT token_hash, operator_id, created_ms, last_seen_ms FROM sessions",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(SessionRecord {
-                    token_hash: r.get(0)?,
-                    operator_id: OperatorId(r.get(1)?),
-                    created_ms: r.get(2)?,
-                    last_seen_ms: r.get(3)?,
-                })
-            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

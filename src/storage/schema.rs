@@ -54,6 +54,8 @@ pub const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     ) STRICT;
     ",
+    // (Migration 1's sessions table is unused: sessions live in memory only, so a restart
+    // logs everyone out.)
     // 2: chat features: departments, TOTP, ratings and wrap-up, canned responses, the
     // offline inbox, page views.
     "
