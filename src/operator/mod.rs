@@ -229,14 +229,16 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
             invalid()
         }
         LoginOutcome::Throttled { retry_after } => {
+            // Whole seconds, rounded up: a client that waits exactly this long finds the
+            // backoff over (rounding down told it to come back while still blocked).
+            let retry_after = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             app.audit
                 .record(
                     ids::LOGIN_THROTTLED,
                     "login_throttled",
                     format!(
-                        "user={} source={source} retry_after_s={}",
+                        "user={} source={source} retry_after_s={retry_after}",
                         sanitize(&username),
-                        retry_after.as_secs()
                     ),
                 )
                 .await;
@@ -244,7 +246,7 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many attempts; try again later",
             );
-            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
             r
