@@ -429,6 +429,10 @@ pub async fn start(
         ));
     }
     tokio::spawn(refused_summary(app.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::operator::watch_accounts(
+        app.clone(),
+        shutdown_rx.clone(),
+    ));
     Ok(Running {
         app,
         visitor_addrs,

@@ -107,6 +107,22 @@ struct Session {
     display_name: String,
     created: Instant,
     last_seen: Instant,
+    /// [`credential_fingerprint`] of the password hash this session logged in with.
+    credential: [u8; 32],
+}
+
+/// A fingerprint of an account's stored password hash (its PHC string): it changes with
+/// every `operator passwd`, even to the same password (a fresh salt).
+pub fn credential_fingerprint(password_hash: &str) -> [u8; 32] {
+    Sha256::digest(password_hash.as_bytes()).into()
+}
+
+/// A session ended because its account changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedSession {
+    pub operator: OperatorId,
+    pub username: String,
+    pub session: [u8; 32],
 }
 
 /// What login needs to know about an account.
@@ -303,6 +319,7 @@ impl Auth {
                         display_name: a.display_name.clone(),
                         created: now,
                         last_seen: now,
+                        credential: credential_fingerprint(&a.password_hash),
                     },
                 );
                 LoginOutcome::Ok {
@@ -368,6 +385,25 @@ impl Auth {
         let before = map.len();
         map.retain(|_, s| s.operator != op);
         before - map.len()
+    }
+
+    /// End every session whose account no longer holds the credentials it logged in with:
+    /// `current` maps each enabled operator to [`credential_fingerprint`] of its password
+    /// hash; sessions of operators missing from it (disabled, deleted) end too.
+    pub fn end_stale_sessions(&self, current: &HashMap<OperatorId, [u8; 32]>) -> Vec<EndedSession> {
+        let mut ended = Vec::new();
+        lock(&self.sessions).retain(|hash, s| {
+            let keep = current.get(&s.operator) == Some(&s.credential);
+            if !keep {
+                ended.push(EndedSession {
+                    operator: s.operator,
+                    username: s.username.clone(),
+                    session: *hash,
+                });
+            }
+            keep
+        });
+        ended
     }
 
     pub fn cookie_max_age(&self) -> u64 {
@@ -491,5 +527,47 @@ mod tests {
         );
         assert_eq!(auth.end_sessions_of(OperatorId(1)), 1);
         assert!(auth.session(token.expose(), false).is_none());
+    }
+
+    #[tokio::test]
+    async fn sessions_end_when_the_password_hash_changes_or_the_account_goes() {
+        let (a, l, s) = policy();
+        let string = Secret::new("the-string".into());
+        let auth = Auth::new(hash_secret(&a, &string).unwrap(), &a, l, s).unwrap();
+        let hash = hash_secret(&a, &Secret::new("pw-ann-123".into())).unwrap();
+        let account = AccountView {
+            id: OperatorId(1),
+            username: "ann".into(),
+            display_name: "Ann".into(),
+            password_hash: hash.clone(),
+            disabled: false,
+        };
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut tokens = vec![];
+        for _ in 0..2 {
+            let ok = auth
+                .login(
+                    "ann",
+                    Secret::new("pw-ann-123".into()),
+                    string.clone(),
+                    Some(account.clone()),
+                    src,
+                )
+                .await;
+            let LoginOutcome::Ok { token, .. } = ok else {
+                panic!("{ok:?}")
+            };
+            tokens.push(token);
+        }
+        let unchanged = HashMap::from([(OperatorId(1), credential_fingerprint(&hash))]);
+        assert!(auth.end_stale_sessions(&unchanged).is_empty());
+        assert!(auth.session(tokens[0].expose(), false).is_some());
+        let changed = HashMap::from([(OperatorId(1), credential_fingerprint("$argon2id$new"))]);
+        let ended = auth.end_stale_sessions(&changed);
+        assert_eq!(ended.len(), 2);
+        assert!(ended.iter().all(|e| e.username == "ann"));
+        assert!(tokens
+            .iter()
+            .all(|t| auth.session(t.expose(), false).is_none()));
     }
 }

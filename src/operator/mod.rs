@@ -291,6 +291,54 @@ async fn logout(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
     r
 }
 
+/// How often the daemon looks for accounts changed behind its back (`palisade operator
+/// passwd|disable` writes the database directly).
+pub const ACCOUNT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// End the sessions and event streams of operators whose password changed or who were
+/// disabled (or removed) since they logged in. The admin commands change only the
+/// database; this notices within [`ACCOUNT_CHECK_INTERVAL`].
+pub async fn watch_accounts(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(ACCOUNT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let operators = match app.storage.operators().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read operator accounts; sessions not re-checked");
+                continue;
+            }
+        };
+        let current: std::collections::HashMap<_, _> = operators
+            .iter()
+            .filter(|o| !o.disabled)
+            .map(|o| (o.id, auth::credential_fingerprint(&o.password_hash)))
+            .collect();
+        let ended = app.auth.end_stale_sessions(&current);
+        let mut per_user: std::collections::BTreeMap<String, usize> = Default::default();
+        for e in ended {
+            app.hub.to_operators(OperatorEvent::SessionsEnded {
+                operator: e.operator,
+                session: Some(e.session),
+            });
+            *per_user.entry(e.username).or_default() += 1;
+        }
+        for (user, count) in per_user {
+            app.audit
+                .record(
+                    ids::OPERATOR_CHANGED,
+                    "sessions_ended",
+                    format!("user={user} count={count} reason=account_changed"),
+                )
+                .await;
+        }
+    }
+}
+
 /// Tell every queued visitor their position and every operator the new queue.
 pub fn queue_changed(app: &App) {
     let queue = app.core.lock().unwrap_or_else(|p| p.into_inner()).queue();
