@@ -191,6 +191,12 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
         }
     };
     let source = peer.ip();
+    // What the journal and the audit log name: an existing account, or nothing. A name that
+    // is no account is often a password typed into the wrong field, so it is never logged.
+    let logged_user = match &account {
+        Some(a) => sanitize(&a.username),
+        None => "(unknown)".to_string(),
+    };
     match app
         .auth
         .login(&username, body.password, body.auth_string, account, source)
@@ -220,10 +226,7 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
                 .record(
                     ids::LOGIN_FAILED,
                     "login_failed",
-                    format!(
-                        "user={} source={source} reason={reason}",
-                        sanitize(&username)
-                    ),
+                    format!("user={logged_user} source={source} reason={reason}"),
                 )
                 .await;
             invalid()
@@ -236,10 +239,7 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
                 .record(
                     ids::LOGIN_THROTTLED,
                     "login_throttled",
-                    format!(
-                        "user={} source={source} retry_after_s={retry_after}",
-                        sanitize(&username),
-                    ),
+                    format!("user={logged_user} source={source} retry_after_s={retry_after}"),
                 )
                 .await;
             let mut r = error(
