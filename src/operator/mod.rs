@@ -156,12 +156,20 @@ fn me_json(op: &AuthenticatedOperator) -> serde_json::Value {
     serde_json::json!({ "username": op.username, "display_name": op.display_name })
 }
 
+/// The login form, `POST /api/v1/operator/login` (public for the fuzz targets).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
-    username: String,
-    password: Secret,
-    auth_string: Secret,
+pub struct LoginBody {
+    pub username: String,
+    pub password: Secret,
+    pub auth_string: Secret,
+}
+
+impl std::fmt::Debug for LoginBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not even the username: it may be a password typed into the wrong field.
+        f.write_str("LoginBody([redacted])")
+    }
 }
 
 async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Resp {

@@ -123,13 +123,20 @@ fn authorise(app: &App, req: &Request<Incoming>) -> Result<VisitorChat, Resp> {
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unknown or ended chat"))
 }
 
+/// The pre-chat form, `POST /api/v1/visitor/chats` (public for the fuzz targets).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StartChat {
-    name: String,
+pub struct StartChat {
+    pub name: String,
     #[serde(default)]
-    email: String,
-    question: String,
+    pub email: String,
+    pub question: String,
+}
+
+impl std::fmt::Debug for StartChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartChat([personal data redacted])")
+    }
 }
 
 /// Trim and bound a visitor-supplied field; control characters are refused.
