@@ -246,9 +246,23 @@ fn parse<T: DeserializeOwned>(src: &Source, errors: &mut Vec<PolicyError>) -> Op
                 .span()
                 .map(|s| line_col(&src.text, s.start))
                 .unwrap_or((1, 1));
-            let message = e.message().trim().to_string();
+            let mut message = e.message().trim().to_string();
+            if message.is_empty() {
+                // toml gives no text for some errors, e.g. a control character in a comment.
+                let at = e
+                    .span()
+                    .and_then(|s| src.text.get(s.start..)?.chars().next());
+                message = match at {
+                    Some(c) if c.is_control() => {
+                        format!("control character U+{:04X} is not allowed", c as u32)
+                    }
+                    _ => "invalid TOML".into(),
+                };
+            }
             // serde names the offending key inside the message for unknown/missing fields.
-            let key = key_at(&src.text, e.span().map(|s| s.start)).unwrap_or_else(|| "-".into());
+            let key = key_at(&src.text, e.span().map(|s| s.start))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "-".into());
             errors.push(PolicyError {
                 file: src.name.to_string(),
                 line,
@@ -634,6 +648,20 @@ mod tests {
             .contains("10.20.0.0/16"));
         assert!(parse_cidr("10.20.0.0/16").is_ok());
         assert!(parse_cidr("2001:db8::1/32").is_err());
+    }
+
+    #[test]
+    fn toml_errors_without_text_still_get_a_message() {
+        let src = Source {
+            name: "retention.toml",
+            text: "# Days\u{4} kept\ntranscripts_days = 365\n".into(),
+        };
+        let mut errors = Vec::new();
+        assert!(parse::<RetentionPolicy>(&src, &mut errors).is_none());
+        assert_eq!(
+            errors[0].to_string(),
+            "retention.toml:1:7: -: control character U+0004 is not allowed"
+        );
     }
 
     #[test]
