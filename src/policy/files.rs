@@ -246,7 +246,14 @@ fn parse<T: DeserializeOwned>(src: &Source, errors: &mut Vec<PolicyError>) -> Op
                 .span()
                 .map(|s| line_col(&src.text, s.start))
                 .unwrap_or((1, 1));
-            let mut message = e.message().trim().to_string();
+            // One line per problem: toml's message may span several.
+            let mut message = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             if message.is_empty() {
                 // toml gives no text for some errors, e.g. a control character in a comment.
                 let at = e
@@ -662,6 +669,13 @@ mod tests {
             errors[0].to_string(),
             "retention.toml:1:7: -: control character U+0004 is not allowed"
         );
+        let src = Source {
+            name: "retention.toml",
+            text: "transcripts_days = \"365\n".into(),
+        };
+        let mut errors = Vec::new();
+        assert!(parse::<RetentionPolicy>(&src, &mut errors).is_none());
+        assert!(!errors[0].to_string().contains('\n'), "{}", errors[0]);
     }
 
     #[test]
