@@ -97,7 +97,8 @@
     rating: 0,
     receipt: { delivered: 0, read: 0 },
     readSent: 0,
-    readCandidate: 0,
+    readCandidate: 0,   // highest stored event id on screen
+    lastOtherId: 0,     // highest one from the operator's side (what a read receipt is about)
     readTimer: null,
     generation: 0,      // bumps on every new chat / reset; stale loops stop
     abort: null,
@@ -963,7 +964,7 @@
 
   /* tell the server how far the visitor has seen, while the chat is on screen */
   function markRead() {
-    if (!state.token || state.ended || state.readCandidate <= state.readSent || !panelVisible() || state.view !== 'chat') {
+    if (!state.token || state.ended || state.lastOtherId <= state.readSent || !panelVisible() || state.view !== 'chat') {
       return;
     }
     clearTimeout(state.readTimer);
@@ -971,7 +972,7 @@
     state.readTimer = setTimeout(function () {
       if (gen !== state.generation || state.ended) { return; }
       var upTo = state.readCandidate;
-      if (upTo <= state.readSent) { return; }
+      if (state.lastOtherId <= state.readSent) { return; }
       state.readSent = upTo;
       api('POST', '/read', { up_to: upTo }, state.token).then(function (r) {
         if (!r.ok && r.status !== 404 && gen === state.generation && state.readSent === upTo) {
@@ -1019,6 +1020,7 @@
       if (state.seen[id]) { return; } // never render a stored event twice
       state.seen[id] = true;
       if (id > state.readCandidate) { state.readCandidate = id; }
+      if (data.from !== 'visitor' && id > state.lastOtherId) { state.lastOtherId = id; }
     }
 
     switch (kind) {
@@ -1163,6 +1165,7 @@
     state.receipt = { delivered: 0, read: 0 };
     state.readSent = 0;
     state.readCandidate = 0;
+    state.lastOtherId = 0;
     clearTimeout(state.readTimer);
     state.typingSent = false;
     clearTimeout(state.typingTimer);
@@ -1304,7 +1307,7 @@
     var gen = state.generation;
     // what is on screen has been read: say so before the chat closes
     clearTimeout(state.readTimer);
-    var flush = state.readCandidate > state.readSent && panelVisible() ?
+    var flush = state.lastOtherId > state.readSent && panelVisible() ?
       api('POST', '/read', { up_to: state.readCandidate }, state.token) : Promise.resolve();
     state.readSent = Math.max(state.readSent, state.readCandidate);
     flush.then(function () {

@@ -977,6 +977,7 @@
       ended: false,
       seen: new Set(),
       lastId: 0,
+      lastVisitorId: 0,    // highest event from the visitor's side (what a read receipt is about)
       readSent: 0,
       receipt: { delivered: 0, read: 0 },
       typingSent: false,
@@ -1436,6 +1437,7 @@
     if (chat.seen.has(ev.id)) { return; } // never render a stored event twice
     chat.seen.add(ev.id);
     if (ev.id > chat.lastId) { chat.lastId = ev.id; }
+    if (ev.from === 'visitor' && ev.id > chat.lastVisitorId) { chat.lastVisitorId = ev.id; }
     var myName = state.me ? (state.me.display_name || state.me.username) : null;
     switch (ev.kind) {
       case 'started':
@@ -1535,14 +1537,14 @@
     updateReceipt(chat);
   }
 
-  /* POST /read when the chat is on screen */
+  /* POST /read when the chat is on screen and the visitor said something new */
   function markRead(chat) {
-    if (chat.mode !== 'mine' || chat.ended || chat.lastId <= chat.readSent) { return; }
+    if (chat.mode !== 'mine' || chat.ended || chat.lastVisitorId <= chat.readSent) { return; }
     if (state.view !== 'work' || !pageVisible()) { return; }
     clearTimeout(chat.readTimer);
     chat.readTimer = setTimeout(function () {
       var upTo = chat.lastId;
-      if (upTo <= chat.readSent || chat.ended || !state.chats.has(chat.id)) { return; }
+      if (chat.lastVisitorId <= chat.readSent || chat.ended || !state.chats.has(chat.id)) { return; }
       chat.readSent = upTo;
       request('POST', chatUrl(chat.id, 'read'), { up_to: upTo }).then(function (r) {
         if (!r.ok && r.status !== 404 && chat.readSent === upTo) { chat.readSent = 0; }
@@ -1648,7 +1650,7 @@
     chat.el.endBtn.disabled = true;
     // what is on screen has been read: say so before the chat closes
     clearTimeout(chat.readTimer);
-    var flush = chat.lastId > chat.readSent ?
+    var flush = chat.lastVisitorId > chat.readSent ?
       request('POST', chatUrl(chat.id, 'read'), { up_to: chat.lastId }) : Promise.resolve();
     chat.readSent = Math.max(chat.readSent, chat.lastId);
     flush.then(function () {

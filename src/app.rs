@@ -677,9 +677,8 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
         }
         .map_err(|e| format!("{a}: {e}"))?;
         sock.set_reuseaddr(true).map_err(|e| format!("{a}: {e}"))?;
-        if a.is_ipv6() {
-            // IPv6 sockets never take IPv4 too: "[::]:443" beside "0.0.0.0:443" must not clash,
-            // and an IPv6 listener never sees IPv4-mapped peers.
+        if crate::policy::needs_ipv6_only(addrs, a) {
+            // "[::]:443" beside "0.0.0.0:443": the IPv6 socket must not take IPv4 too.
             crate::sandbox::set_ipv6_only(&sock).map_err(|e| format!("{a}: {e}"))?;
         }
         sock.bind(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;

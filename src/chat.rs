@@ -258,7 +258,11 @@ pub async fn end(app: &Arc<App>, chat: ChatId, from: Sender) -> Result<StoredEve
             Some(StateChange::Ended),
             move |ev| {
                 app2.hub.publish(ev, audience.clone());
-                app2.core().confirm(chat);
+                {
+                    let mut core = app2.core();
+                    core.confirm(chat);
+                    core.visitors.chat_ended(chat);
+                }
                 chat_changed(&app2, chat, &audience);
                 queue_changed(&app2);
                 app2.hub.forget_chat(chat);

@@ -161,6 +161,16 @@ impl Visitors {
         }
     }
 
+    /// A chat ended: its visitor is browsing again.
+    pub fn chat_ended(&mut self, chat: ChatId) {
+        for v in self.by_id.values_mut() {
+            if v.chat_id == Some(chat) {
+                v.chat_id = None;
+                self.changed = true;
+            }
+        }
+    }
+
     /// Forget visitors idle for longer than `idle_ms` (not while chatting), and expire
     /// invitations older than `invite_ms`. Returns the expired invitations.
     pub fn expire(&mut self, now: i64, idle_ms: i64, invite_ms: i64) -> Vec<Invite> {

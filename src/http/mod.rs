@@ -168,7 +168,16 @@ pub fn sse_frame(event: &str, id: Option<i64>, data: &str) -> Bytes {
     s.push_str("event: ");
     s.push_str(event);
     s.push('\n');
-    // JSON never contains a raw newline, but split defensively so a frame cannot be forged.
+    // JSON never contains a raw line break, but split defensively on every line break the
+    // event-stream format knows (\r\n, \r and \n), so data can never start a field (an
+    // `id:` or `event:` line, or the end of the event) of its own.
+    let normalised;
+    let data = if data.contains('\r') {
+        normalised = data.replace("\r\n", "\n").replace('\r', "\n");
+        normalised.as_str()
+    } else {
+        data
+    };
     for line in data.split('\n') {
         s.push_str("data: ");
         s.push_str(line);
@@ -259,6 +268,13 @@ mod tests {
         let f = sse_frame("message", Some(3), "a\nevent: x");
         let s = std::str::from_utf8(&f).unwrap();
         assert_eq!(s, "id: 3\nevent: message\ndata: a\ndata: event: x\n\n");
+        // A lone CR is a line break to an event-stream parser too.
+        let f = sse_frame("message", None, "a\rid: 99\r\revent: x\r\nb");
+        let s = std::str::from_utf8(&f).unwrap();
+        assert_eq!(
+            s,
+            "event: message\ndata: a\ndata: id: 99\ndata: \ndata: event: x\ndata: b\n\n"
+        );
     }
 
     proptest::proptest! {

@@ -20,7 +20,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// An operator's role. Supervisors and admins may monitor, whisper, take over and manage
 /// canned responses; everyone may chat.
@@ -173,7 +172,7 @@ pub struct Auth {
     dummy_hash: String,
     login: RwLock<LoginPolicy>,
     session: RwLock<SessionPolicy>,
-    slots: Arc<Semaphore>,
+    hashers: std::sync::mpsc::Sender<HashJob>,
     waiting: AtomicUsize,
     by_account: Mutex<HashMap<String, Failures>>,
     by_source: Mutex<HashMap<IpAddr, Failures>>,
@@ -193,6 +192,45 @@ impl std::fmt::Debug for Auth {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Start the threads that run every argon2 check, for as long as `Auth` lives.
+///
+/// Each check allocates `memory_kib`, and the allocator keeps what a thread freed for that
+/// thread. On tokio's blocking pool (which grows to hundreds of threads under a login
+/// flood) that retained memory grew with the number of threads that had ever hashed. A
+/// fixed set of threads bounds it to about `threads × memory_kib` and also bounds how many
+/// hashes run at once.
+fn start_hashers(threads: usize) -> Result<std::sync::mpsc::Sender<HashJob>, String> {
+    let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..threads.max(1) {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("palisade-argon2-{i}"))
+            .spawn(move || loop {
+                // Holding the lock only while waiting: one idle thread takes the next job.
+                let job = lock(&rx).recv();
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return, // Auth dropped
+                }
+            })
+            .map_err(|e| format!("cannot start the password-hashing threads: {e}"))?;
+    }
+    Ok(tx)
+}
+
+/// A place in the login waiting line, given back however the login ends (also when the
+/// client hangs up and the login future is dropped half-way).
+struct WaitingPlace<'a>(&'a AtomicUsize);
+
+impl Drop for WaitingPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn read<T: Clone>(m: &RwLock<T>) -> T {
@@ -221,7 +259,7 @@ impl Auth {
         Ok(Auth {
             auth_string_hash: RwLock::new(auth_string_hash.trim().to_string()),
             dummy_hash: dummy,
-            slots: Arc::new(Semaphore::new(login.max_concurrent_hashes)),
+            hashers: start_hashers(login.max_concurrent_hashes)?,
             login: RwLock::new(login),
             session: RwLock::new(session),
             waiting: AtomicUsize::new(0),
@@ -332,29 +370,32 @@ impl Auth {
         if let Some(retry_after) = self.blocked(username, source, now) {
             return LoginOutcome::Throttled { retry_after };
         }
-        // Bounded waiting line in front of the hashing slots.
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= {
+        // Bounded waiting line in front of the hashing threads.
+        let place = WaitingPlace(&self.waiting);
+        let line = {
             let l = read(&self.login);
             l.max_waiting_logins + l.max_concurrent_hashes
-        } {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        };
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= line {
             return LoginOutcome::Busy;
         }
-        let permit = self.slots.clone().acquire_owned().await;
         let phc = account
             .as_ref()
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let string_hash = read(&self.auth_string_hash);
-        let checked = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        let (done, checked) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
             // Both checks always run: the answer and its cost do not depend on which failed.
             let pw_ok = verify_secret(&phc, &password);
             let str_ok = verify_secret(&string_hash, &auth_string);
-            (pw_ok, str_ok)
-        })
-        .await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = done.send((pw_ok, str_ok));
+        });
+        let checked = match self.hashers.send(job) {
+            Ok(()) => checked.await.ok(),
+            Err(_) => None,
+        };
+        drop(place);
         let (pw_ok, str_ok) = checked.unwrap_or((false, false));
         let reason = match (&account, pw_ok, str_ok) {
             (None, _, _) => Some("unknown_user"),

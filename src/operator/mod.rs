@@ -232,14 +232,22 @@ pub async fn me_json(app: &App, op: &AuthenticatedOperator) -> serde_json::Value
     })
 }
 
+/// The login form, `POST /api/v1/operator/login` (public for the fuzz targets).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
-    username: String,
-    password: Secret,
-    auth_string: Secret,
+pub struct LoginBody {
+    pub username: String,
+    pub password: Secret,
+    pub auth_string: Secret,
     #[serde(default)]
-    totp: Secret,
+    pub totp: Secret,
+}
+
+impl std::fmt::Debug for LoginBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not even the username: it may be a password typed into the wrong field.
+        f.write_str("LoginBody([redacted])")
+    }
 }
 
 /// Check a TOTP code or a recovery code for an account that has TOTP enabled.
@@ -304,9 +312,15 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
         }
     };
     let source = peer.ip();
+    // What the journal and the audit log name: an existing account, or nothing. A name that
+    // is no account is often a password typed into the wrong field, so it is never logged.
+    let logged_user = match &account {
+        Some(a) => sanitize(&a.username),
+        None => "(unknown)".to_string(),
+    };
     let failed = |reason: &'static str| {
         let app = app.clone();
-        let user = sanitize(&username);
+        let user = logged_user.clone();
         async move {
             app.audit
                 .record(
@@ -371,22 +385,21 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
             invalid()
         }
         LoginOutcome::Throttled { retry_after } => {
+            // Whole seconds, rounded up: a client that waits exactly this long finds the
+            // backoff over (rounding down told it to come back while still blocked).
+            let retry_after = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             app.audit
                 .record(
                     ids::LOGIN_THROTTLED,
                     "login_throttled",
-                    format!(
-                        "user={} source={source} retry_after_s={}",
-                        sanitize(&username),
-                        retry_after.as_secs()
-                    ),
+                    format!("user={logged_user} source={source} retry_after_s={retry_after}"),
                 )
                 .await;
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many attempts; try again later",
             );
-            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
             r

@@ -258,6 +258,10 @@ pub struct ChatPolicy {
     pub visitor_idle_secs: u64,
     /// Seconds an unanswered invitation stays open.
     pub invite_timeout_secs: u64,
+    /// Let visitors start a chat and wait in the queue while no operator is online
+    /// (otherwise they are offered to leave a message).
+    #[serde(default)]
+    pub queue_when_offline: bool,
     pub prechat: PrechatPolicy,
 }
 
@@ -343,9 +347,30 @@ fn parse<T: DeserializeOwned>(src: &Source, errors: &mut Vec<PolicyError>) -> Op
                 .span()
                 .map(|s| line_col(&src.text, s.start))
                 .unwrap_or((1, 1));
-            let message = e.message().trim().replace('\n', "; ");
+            // One line per problem: toml's message may span several.
+            let mut message = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if message.is_empty() {
+                // toml gives no text for some errors, e.g. a control character in a comment.
+                let at = e
+                    .span()
+                    .and_then(|s| src.text.get(s.start..)?.chars().next());
+                message = match at {
+                    Some(c) if c.is_control() => {
+                        format!("control character U+{:04X} is not allowed", c as u32)
+                    }
+                    _ => "invalid TOML".into(),
+                };
+            }
             // serde names the offending key inside the message for unknown/missing fields.
-            let key = key_at(&src.text, e.span().map(|s| s.start)).unwrap_or_else(|| "-".into());
+            let key = key_at(&src.text, e.span().map(|s| s.start))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "-".into());
             errors.push(PolicyError {
                 file: src.name.to_string(),
                 line,
@@ -887,6 +912,18 @@ fn check_visitor(
     }
 }
 
+/// Must this IPv6 listen address be IPv6-only? Only a `[::]` that shares its port with a
+/// `0.0.0.0` in the same list (the two would clash); otherwise IPv6 sockets stay
+/// dual-stack and IPv4 clients arrive as IPv4-mapped addresses, which every check
+/// canonicalises first.
+pub fn needs_ipv6_only(addrs: &[SocketAddr], a: &SocketAddr) -> bool {
+    a.is_ipv6()
+        && a.ip().is_unspecified()
+        && addrs
+            .iter()
+            .any(|o| o.is_ipv4() && o.ip().is_unspecified() && o.port() == a.port())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -902,6 +939,29 @@ mod tests {
             .contains("10.20.0.0/16"));
         assert!(parse_cidr("10.20.0.0/16").is_ok());
         assert!(parse_cidr("2001:db8::1/32").is_err());
+    }
+
+    #[test]
+    fn toml_errors_without_text_still_get_a_message() {
+        let src = Source {
+            name: "retention.toml",
+            text: "# Days\u{4} kept\ntranscripts_days = 365\n".into(),
+            unreadable: false,
+        };
+        let mut errors = Vec::new();
+        assert!(parse::<RetentionPolicy>(&src, &mut errors).is_none());
+        assert_eq!(
+            errors[0].to_string(),
+            "retention.toml:1:7: -: control character U+0004 is not allowed"
+        );
+        let src = Source {
+            name: "retention.toml",
+            text: "transcripts_days = \"365\n".into(),
+            unreadable: false,
+        };
+        let mut errors = Vec::new();
+        assert!(parse::<RetentionPolicy>(&src, &mut errors).is_none());
+        assert!(!errors[0].to_string().contains('\n'), "{}", errors[0]);
     }
 
     #[test]

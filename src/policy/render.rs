@@ -31,6 +31,14 @@ fn listen_lines(addrs: &[SocketAddr]) -> String {
     for a in addrs {
         s.push_str(&format!("ListenStream={a}\n"));
     }
+    // The daemon's own rule for binding: IPv6-only only where "[::]" and "0.0.0.0" share a
+    // port; elsewhere dual-stack (IPv4 clients arrive IPv4-mapped and are canonicalised).
+    let v6only = addrs.iter().any(|a| super::needs_ipv6_only(addrs, a));
+    s.push_str(if v6only {
+        "BindIPv6Only=ipv6-only\n"
+    } else {
+        "BindIPv6Only=both\n"
+    });
     s
 }
 
@@ -42,7 +50,7 @@ pub fn systemd_dropins(p: &Policy) -> Vec<Rendered> {
         Rendered {
             relative: PathBuf::from("palisade-visitor.socket.d/40-listen.conf"),
             contents: format!(
-                "{}[Socket]\n{}BindIPv6Only=ipv6-only\n",
+                "{}[Socket]\n{}",
                 header(p, "#"),
                 listen_lines(&net.visitor.listen)
             ),
@@ -50,7 +58,7 @@ pub fn systemd_dropins(p: &Policy) -> Vec<Rendered> {
         Rendered {
             relative: PathBuf::from("palisade-operator.socket.d/40-listen.conf"),
             contents: format!(
-                "{}[Socket]\n{}BindIPv6Only=ipv6-only\n",
+                "{}[Socket]\n{}",
                 header(p, "#"),
                 listen_lines(&net.operator.listen)
             ),

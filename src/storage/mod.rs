@@ -260,7 +260,14 @@ fn open_checked(path: &Path, create: bool) -> Result<Connection, StorageError> {
     }
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StorageError(format!("{}: cannot open database: {e}", path.display())))?;
-    configure(&conn)?;
+    // The first statements read the file header: a file that is not a database fails here.
+    configure(&conn).map_err(|e| {
+        StorageError(format!(
+            "{}: not a usable SQLite database ({}); refusing to start; it was not modified",
+            path.display(),
+            e.0.trim_start_matches("database error: ")
+        ))
+    })?;
     Ok(conn)
 }
 

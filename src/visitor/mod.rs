@@ -495,16 +495,23 @@ async fn answer_invite(
     }
 }
 
+/// The pre-chat form, `POST /api/v1/visitor/chats` (public for the fuzz targets).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StartChat {
-    name: String,
+pub struct StartChat {
+    pub name: String,
     #[serde(default)]
-    email: String,
+    pub email: String,
     #[serde(default)]
-    department: String,
+    pub department: String,
     #[serde(default)]
-    question: String,
+    pub question: String,
+}
+
+impl std::fmt::Debug for StartChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartChat([personal data redacted])")
+    }
 }
 
 /// Trim and bound a visitor-supplied field; control characters are refused.
@@ -579,7 +586,7 @@ async fn start_chat(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> 
         Ok(x) => x,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    if !app.core().anyone_online(&department) {
+    if !policy.chat.queue_when_offline && !app.core().anyone_online(&department) {
         return json(
             StatusCode::CONFLICT,
             &serde_json::json!({"error": "no operator is online; please leave a message", "offline": true}),

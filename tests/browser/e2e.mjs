@@ -861,6 +861,11 @@ async function wrapupRatingTranscript(w) {
     fs.copyFileSync(file, path.join(args.screenshots, `transcript.${ext}`));
   }
   await assertNoXss(w.pages);
+
+  // after the chat the visitor is browsing again: shown so, and can be invited again
+  const row = op.page.locator('#visitors-body tr.visitor-row').first();
+  await waitText(row.locator('.v-status'), /^Browsing$/, 'the visitor is browsing again after the chat');
+  await waitVisible(row.locator('.invite-btn:not([disabled])'), 'invite possible again after the chat');
 }
 
 async function stats(w) {
