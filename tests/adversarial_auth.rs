@@ -581,7 +581,7 @@ async fn change_ends_sessions(what: &str) -> Result<String, String> {
     ensure(new == want_new, || {
         format!("the new password after `operator {what}`: {new}, want {want_new}")
     })?;
-    d.wait_log("sessions_ended", T).await?;
+    d.wait_log("reason=account_changed", T).await?;
     Ok(format!(
         "sessions=2 streams_ended=2 cli_ms={} ended_within_ms={} old_cookies=401 old_password=401 new_password={new}",
         cli.as_millis(),

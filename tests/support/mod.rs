@@ -674,6 +674,7 @@ impl Layout {
             list(allow)
         );
         std::fs::write(self.policy_dir().join("network.toml"), text).unwrap();
+        self.render();
     }
 
     /// Set `key = value` (value as TOML text) inside `[section]` ("" = top level) of a
@@ -702,6 +703,7 @@ impl Layout {
         }
         assert!(done, "{file}: no key {key} in [{section}]");
         std::fs::write(&path, out).unwrap();
+        self.render();
     }
 
     /// Render the socket units and firewall rules from the policy as it is now (an admin
