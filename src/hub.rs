@@ -74,7 +74,7 @@ impl Hub {
     pub fn subscribe_chat(&self, chat: ChatId) -> broadcast::Receiver<VisitorEvent> {
         let mut map = self.chats.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(chat)
-            .or_insert_with(|| broadcast::channel(256).0)
+            .or_insert_with(|| broadcast::channel(16).0)
             .subscribe()
     }
 
