@@ -404,12 +404,22 @@ impl Storage {
                 }
             }
         });
-        let jobs = self.jobs.clone();
-        // The queue is bounded; a full queue blocks only this caller, off the async workers.
-        tokio::task::spawn_blocking(move || jobs.send(job))
-            .await
-            .map_err(|_| StorageError("database writer unavailable".into()))?
-            .map_err(|_| StorageError("database writer stopped".into()))?;
+        // The queue is bounded. Enqueue at once when there is room (the common case: no
+        // thread hand-off per write); a full queue blocks only this caller, off the async
+        // workers.
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(StorageError("database writer stopped".into()))
+            }
+            Err(mpsc::TrySendError::Full(job)) => {
+                let jobs = self.jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StorageError("database writer unavailable".into()))?
+                    .map_err(|_| StorageError("database writer stopped".into()))?;
+            }
+        }
         rx.await
             .map_err(|_| StorageError("database writer stopped".into()))?
     }
