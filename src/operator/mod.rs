@@ -390,6 +390,9 @@ async fn operator_stream(
     }
     let mut keepalive = tokio::time::interval(Duration::from_secs(15));
     keepalive.tick().await;
+    // Visitor names of this stream's chats: read from the database once per chat, not
+    // once per message (a chat's visitor data does not change while it is live).
+    let mut names: std::collections::HashMap<ChatId, String> = std::collections::HashMap::new();
     loop {
         let ev = tokio::select! {
             ev = sub.recv() => ev,
@@ -406,16 +409,25 @@ async fn operator_stream(
                 serde_json::json!({ "queue": queue_json(&app).await }),
             ),
             Ok(OperatorEvent::Stored { operator, event }) if operator == op.id => {
-                let name = if event.from == Sender::Visitor {
-                    app.storage
+                let name = if event.from != Sender::Visitor {
+                    String::new()
+                } else if let Some(n) = names.get(&event.chat_id) {
+                    n.clone()
+                } else {
+                    let n = app
+                        .storage
                         .chat(event.chat_id)
                         .await
                         .ok()
                         .flatten()
-                        .map(|c| c.visitor.name)
-                        .unwrap_or_default()
-                } else {
-                    String::new()
+                        .map(|c| c.visitor.name);
+                    if let Some(n) = &n {
+                        if names.len() >= 1024 {
+                            names.clear();
+                        }
+                        names.insert(event.chat_id, n.clone());
+                    }
+                    n.unwrap_or_default()
                 };
                 http::sse_frame(
                     event.kind.as_str(),
