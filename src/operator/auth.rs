@@ -128,7 +128,60 @@ impl std::fmt::Debug for AccountView {
     }
 }
 
+/// Threads that only compute argon2 hashes, at the lowest CPU priority (one per hashing
+/// slot): logins get the CPU that chats in progress leave over.
+struct HashThreads {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+impl HashThreads {
+    fn start(n: usize) -> Result<HashThreads, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(n.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..n.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("palisade-argon2-{i}"))
+                .spawn(move || {
+                    if let Err(e) = crate::sandbox::lower_thread_priority() {
+                        tracing::warn!("{e}");
+                    }
+                    loop {
+                        let job = match lock(&rx).recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        job();
+                    }
+                })
+                .map_err(|e| format!("cannot start the argon2 threads: {e}"))?;
+        }
+        Ok(HashThreads { jobs: tx })
+    }
+
+    /// Run `f` on a hashing thread. The caller holds a hashing slot, so a thread is free.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let jobs = self.jobs.clone();
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .ok()?
+                    .ok()?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return None,
+        }
+        rx.await.ok()
+    }
+}
+
 pub struct Auth {
+    hashers: HashThreads,
     auth_string_hash: RwLock<String>,
     dummy_hash: String,
     login: RwLock<LoginPolicy>,
@@ -179,6 +232,7 @@ impl Auth {
         check_phc(&auth_string_hash)?;
         let dummy = hash_secret(argon, &new_token())?;
         Ok(Auth {
+            hashers: HashThreads::start(login.max_concurrent_hashes)?,
             auth_string_hash: RwLock::new(auth_string_hash.trim().to_string()),
             dummy_hash: dummy,
             slots: Arc::new(Semaphore::new(login.max_concurrent_hashes)),
@@ -301,14 +355,16 @@ impl Auth {
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let string_hash = read(&self.auth_string_hash);
-        let checked = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            // Both checks always run: the answer and its cost do not depend on which failed.
-            let pw_ok = verify_secret(&phc, &password);
-            let str_ok = verify_secret(&string_hash, &auth_string);
-            (pw_ok, str_ok)
-        })
-        .await;
+        let checked = self
+            .hashers
+            .run(move || {
+                let _permit = permit;
+                // Both checks always run: the answer and its cost do not depend on which failed.
+                let pw_ok = verify_secret(&phc, &password);
+                let str_ok = verify_secret(&string_hash, &auth_string);
+                (pw_ok, str_ok)
+            })
+            .await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let (pw_ok, str_ok) = checked.unwrap_or((false, false));
         let reason = match (&account, pw_ok, str_ok) {
