@@ -43,9 +43,32 @@ pub enum VisitorEvent {
     OperatorTyping(bool),
 }
 
+impl OperatorEvent {
+    /// The one operator this event is for; `None` for events every operator gets.
+    fn operator(&self) -> Option<OperatorId> {
+        match self {
+            OperatorEvent::QueueChanged => None,
+            OperatorEvent::Stored { operator, .. }
+            | OperatorEvent::Typing { operator, .. }
+            | OperatorEvent::ChatChanged { operator, .. }
+            | OperatorEvent::SessionsEnded { operator, .. } => Some(*operator),
+        }
+    }
+}
+
+/// An operator event stream's subscription: what every operator gets, and its own events.
+#[derive(Debug)]
+pub struct OperatorSubscription {
+    pub all: broadcast::Receiver<OperatorEvent>,
+    pub mine: broadcast::Receiver<OperatorEvent>,
+}
+
 #[derive(Debug)]
 pub struct Hub {
     operators: broadcast::Sender<OperatorEvent>,
+    /// One channel per operator with open streams, so a chat's events wake only the
+    /// streams of the operator it is assigned to, not every operator's.
+    operator: Mutex<HashMap<OperatorId, broadcast::Sender<OperatorEvent>>>,
     chats: Mutex<HashMap<ChatId, broadcast::Sender<VisitorEvent>>>,
 }
 
@@ -59,16 +82,37 @@ impl Hub {
     pub fn new() -> Hub {
         Hub {
             operators: broadcast::channel(1024).0,
+            operator: Mutex::new(HashMap::new()),
             chats: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn subscribe_operators(&self) -> broadcast::Receiver<OperatorEvent> {
-        self.operators.subscribe()
+    pub fn subscribe_operator(&self, op: OperatorId) -> OperatorSubscription {
+        let mut map = self.operator.lock().unwrap_or_else(|p| p.into_inner());
+        OperatorSubscription {
+            all: self.operators.subscribe(),
+            mine: map
+                .entry(op)
+                .or_insert_with(|| broadcast::channel(1024).0)
+                .subscribe(),
+        }
     }
 
     pub fn to_operators(&self, e: OperatorEvent) {
-        let _ = self.operators.send(e);
+        match e.operator() {
+            None => {
+                let _ = self.operators.send(e);
+            }
+            Some(op) => {
+                let mut map = self.operator.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tx) = map.get(&op) {
+                    if tx.send(e).is_err() {
+                        // None of this operator's streams is open any more.
+                        map.remove(&op);
+                    }
+                }
+            }
+        }
     }
 
     pub fn subscribe_chat(&self, chat: ChatId) -> broadcast::Receiver<VisitorEvent> {

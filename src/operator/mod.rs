@@ -361,7 +361,7 @@ impl Drop for Presence {
 
 fn events(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
     let (tx, rx) = mpsc::channel(64);
-    let sub = app.hub.subscribe_operators();
+    let sub = app.hub.subscribe_operator(op.id);
     tokio::spawn(operator_stream(app.clone(), op, sub, tx));
     http::sse_response(rx)
 }
@@ -369,9 +369,10 @@ fn events(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
 async fn operator_stream(
     app: Arc<App>,
     op: AuthenticatedOperator,
-    mut sub: broadcast::Receiver<OperatorEvent>,
+    sub: crate::hub::OperatorSubscription,
     tx: mpsc::Sender<bytes::Bytes>,
 ) {
+    let crate::hub::OperatorSubscription { mut all, mut mine } = sub;
     app.core
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -395,7 +396,8 @@ async fn operator_stream(
     let mut names: std::collections::HashMap<ChatId, String> = std::collections::HashMap::new();
     loop {
         let ev = tokio::select! {
-            ev = sub.recv() => ev,
+            ev = mine.recv() => ev,
+            ev = all.recv() => ev,
             _ = keepalive.tick() => {
                 if !app.auth.session_alive(&op.session_hash()) { return; }
                 if tx.send(bytes::Bytes::from_static(b": keep-alive\n\n")).await.is_err() { return; }
