@@ -11,7 +11,7 @@
 use crate::core::OperatorId;
 use crate::policy::{Argon2Policy, LoginPolicy, SessionPolicy};
 use crate::secret::Secret;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -53,6 +53,15 @@ pub fn hash_secret(p: &Argon2Policy, secret: &Secret) -> Result<String, String> 
         .map_err(|e| format!("hashing failed: {e}"))
 }
 
+thread_local! {
+    /// argon2's working memory (`memory_kib`), kept by each thread that verifies and reused:
+    /// allocating, faulting in and unmapping it for every login cost the whole process
+    /// page faults and TLB shootdowns during a login flood. argon2 overwrites every block
+    /// it reads, so nothing carries over from one hash to the next.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Check a secret against a PHC string; only argon2id hashes are accepted.
 pub fn verify_secret(phc: &str, secret: &Secret) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
@@ -61,9 +70,41 @@ pub fn verify_secret(phc: &str, secret: &Secret) -> bool {
     if parsed.algorithm.as_str() != "argon2id" {
         return false;
     }
-    Argon2::default()
-        .verify_password(secret.expose().as_bytes(), &parsed)
-        .is_ok()
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    // What `PasswordVerifier::verify_password` does, with reused memory.
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(Algorithm::Argon2id, version, params);
+    let computed = ARGON2_MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < blocks {
+            m.resize(blocks, argon2::Block::default());
+        }
+        argon2::password_hash::Output::init_with(expected.len(), |out| {
+            argon
+                .hash_password_into_with_memory(
+                    secret.expose().as_bytes(),
+                    salt,
+                    out,
+                    &mut m[..blocks],
+                )
+                .map_err(|_| argon2::password_hash::Error::Password)
+        })
+    });
+    // `Output` compares in constant time.
+    computed.is_ok_and(|c| c == expected)
 }
 
 /// SHA-256 of a bearer token (tokens are stored and looked up only by their hash).
