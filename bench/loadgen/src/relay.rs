@@ -621,8 +621,36 @@ impl Flood {
         }
     }
 
+    /// Forget pooled connections (they belong to the runtime that opened them).
+    fn reset(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// [`Flood::open_loop`] on a thread of its own at a low CPU priority (nice 10), so the
+    /// attacker's own TLS and JSON work, which shares this machine with the server and the
+    /// relay's clients, does not delay the relay clients and inflate their latencies.
+    pub fn open_loop_low_priority(
+        self: &Arc<Flood>,
+        rate: f64,
+        dur: Duration,
+        max_inflight: usize,
+    ) -> std::thread::JoinHandle<FloodStats> {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("flood runtime");
+            let stats = rt.block_on(me.open_loop(rate, dur, max_inflight));
+            me.reset();
+            stats
+        })
+    }
+
     /// Closed loop with `workers` attackers for `dur`: hashed logins per second.
     pub async fn capacity(self: &Arc<Flood>, workers: usize, dur: Duration) -> (f64, FloodStats) {
+        self.reset();
         let stats = Arc::new(Mutex::new(FloodStats::default()));
         let until = Instant::now() + dur;
         let mut tasks = Vec::new();
@@ -648,6 +676,7 @@ impl Flood {
         dur: Duration,
         max_inflight: usize,
     ) -> FloodStats {
+        self.reset();
         let stats = Arc::new(Mutex::new(FloodStats::default()));
         let gate = Arc::new(Semaphore::new(max_inflight));
         let start = Instant::now();

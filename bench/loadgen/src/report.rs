@@ -114,8 +114,8 @@ fn esc(s: &str) -> String {
 /// A percentile plot of relay latency (x: percentile on a log scale of 1/(1-p); y:
 /// milliseconds on a log scale), one line per series.
 pub fn latency_svg(title: &str, series: &[(&str, &str, Vec<u32>)]) -> String {
-    let (w, h) = (760.0f64, 440.0f64);
-    let (l, r, t, b) = (70.0, 170.0, 40.0, 50.0);
+    let (w, h) = (800.0f64, 440.0f64);
+    let (l, r, t, b) = (70.0, 210.0, 40.0, 50.0);
     let pw = w - l - r;
     let ph = h - t - b;
     let max_us = series
