@@ -679,6 +679,7 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
     let mut flooded = Vec::new();
     let mut raw_pairs = Vec::new();
     let mut refusals = Vec::new();
+    let mut loads = Vec::new();
     let d = Duration::from_secs(secs);
     for k in 0..pairs {
         let mut pair = Vec::new();
@@ -705,6 +706,7 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
             let delivered = lat.len();
             let (p50, p99, p999) = stats::tail_ms(&mut lat);
             let cpu_per_msg = cpu_us(c1 - c0) / delivered.max(1) as f64;
+            loads.push(procfs::loadavg());
             let mut fjson = json!(null);
             if let Some((_, fs)) = &fl {
                 let mut rl = fs.refusal_us.clone();
@@ -726,7 +728,7 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
             ));
             raw_pairs.push(json!({"round": round, "pair": k, "flood": fjson, "secs": d.as_secs_f64(),
                 "delivered": delivered, "acked": acked, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
-                "cpu_ticks": c1 - c0, "cpu_us_per_msg": cpu_per_msg}));
+                "cpu_ticks": c1 - c0, "cpu_us_per_msg": cpu_per_msg, "loadavg_1min": procfs::loadavg()}));
             pair.push((p50, p99, p999, cpu_per_msg, delivered as u64, acked));
             if with_flood {
                 cx.flood_lat.extend_from_slice(&lat);
@@ -796,7 +798,10 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
             .map(|t| format!("{}/{}/{} ms", fmt_num(t.0), fmt_num(t.1), fmt_num(t.2)))
             .collect::<Vec<_>>()
             .join(", ")
-            + " (p50/p99/p99.9)",
+            + &format!(
+                " (p50/p99/p99.9); machine load average (1 min) after each fixed-rate round: {}",
+                loads.iter().map(|l| format!("{l:.1}")).collect::<Vec<_>>().join(", ")
+            ),
     });
     let cpu = median(&col(&alone, 3));
     cx.figures.push(Figure {

@@ -71,6 +71,14 @@ pub fn pss_kib(pid: u32) -> u64 {
     kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:").unwrap_or_else(|| rss_kib(pid))
 }
 
+/// The machine's 1-minute load average (other tenants' work shows here).
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 /// Threads of a process.
 pub fn threads(pid: u32) -> u64 {
     kib_field(&format!("/proc/{pid}/status"), "Threads:").unwrap_or(0)
