@@ -644,7 +644,7 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
         let d = Duration::from_secs(if a.quick { 3 } else { 5 });
         let c0 = procfs::cpu_ticks(pid);
         pop.closed_loop(round, d).await;
-        let drained = pop.drain(round, Duration::from_secs(10)).await;
+        let drained = pop.drain(round, None, Duration::from_secs(10)).await;
         let c1 = procfs::cpu_ticks(pid);
         let lat = pop.rec.take(round);
         let delivered = lat.len();
@@ -686,20 +686,18 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
         for with_flood in [false, true] {
             round += 1;
             let c0 = procfs::cpu_ticks(pid);
-            let fl = if with_flood {
+            let (sent, fl) = if with_flood {
                 let attacker = flood.open_loop_low_priority(2.0 * capacity, d, 512);
                 let sent = pop.fixed_rate(round, rate, d).await;
                 let fs = tokio::task::spawn_blocking(move || attacker.join())
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|_| "the flood thread failed".to_string())?;
-                Some((sent, fs))
+                (sent, Some(fs))
             } else {
-                let sent = pop.fixed_rate(round, rate, d).await;
-                let _ = sent;
-                None
+                (pop.fixed_rate(round, rate, d).await, None)
             };
-            let drained = pop.drain(round, Duration::from_secs(10)).await;
+            let drained = pop.drain(round, Some(sent), Duration::from_secs(10)).await;
             let c1 = procfs::cpu_ticks(pid);
             let mut lat = pop.rec.take(round);
             let acked = pop.rec.acked(round);
@@ -708,7 +706,7 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
             let cpu_per_msg = cpu_us(c1 - c0) / delivered.max(1) as f64;
             loads.push(procfs::loadavg());
             let mut fjson = json!(null);
-            if let Some((_, fs)) = &fl {
+            if let Some(fs) = &fl {
                 let mut rl = fs.refusal_us.clone();
                 let (r50, r99, _) = stats::tail_ms(&mut rl);
                 say(format!(

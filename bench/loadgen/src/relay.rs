@@ -496,9 +496,19 @@ impl Population {
         tokio::time::sleep(dur).await;
     }
 
-    /// Wait (bounded) until every acknowledged message of `round` reached its operator.
-    pub async fn drain(&self, round: u32, limit: Duration) -> bool {
+    /// Wait (bounded) until every acknowledged message of `round` reached its operator;
+    /// with `sent`, first until that many requests were answered (or failed).
+    pub async fn drain(&self, round: u32, sent: Option<u64>, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
+        let errors0 = self.rec.send_errors.load(Ordering::Relaxed);
+        if let Some(sent) = sent {
+            while self.rec.acked(round) + (self.rec.send_errors.load(Ordering::Relaxed) - errors0)
+                < sent
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         loop {
             // Senders finish their in-flight requests first.
             tokio::time::sleep(Duration::from_millis(50)).await;
