@@ -158,7 +158,7 @@ async fn main() -> ExitCode {
         .map(|o| {
             String::from_utf8_lossy(&o.stderr)
                 .trim()
-                .replace("nginx version: ", "")
+                .replace("nginx version: nginx/", "")
         })
         .unwrap_or_default();
     let mut versions = vec![("nginx".to_string(), nginx_v)];
