@@ -210,17 +210,27 @@ fn start_hashers(threads: usize) -> Result<std::sync::mpsc::Sender<HashJob>, Str
         let rx = rx.clone();
         std::thread::Builder::new()
             .name(format!("palisade-argon2-{i}"))
-            .spawn(move || loop {
-                // Holding the lock only while waiting: one idle thread takes the next job.
-                let job = lock(&rx).recv();
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return, // Auth dropped
-                }
+            .spawn(move || {
+                // Lowest CPU priority: a login flood cannot take the CPU from chats in
+                // progress (best effort; a sandbox may refuse, and then nothing changes).
+                let _ = crate::sandbox::lower_thread_priority();
+                hash_jobs(&rx)
             })
             .map_err(|e| format!("cannot start the password-hashing threads: {e}"))?;
     }
     Ok(tx)
+}
+
+/// Run hashing jobs until `Auth` is dropped.
+fn hash_jobs(rx: &Mutex<std::sync::mpsc::Receiver<HashJob>>) {
+    loop {
+        // Holding the lock only while waiting: one idle thread takes the next job.
+        let job = lock(rx).recv();
+        match job {
+            Ok(job) => job(),
+            Err(_) => return, // Auth dropped
+        }
+    }
 }
 
 /// A place in the login waiting line, given back however the login ends (also when the

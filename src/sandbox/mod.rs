@@ -20,6 +20,14 @@ pub fn harden_process() -> Result<(), String> {
     Ok(())
 }
 
+/// Give the calling thread the lowest CPU priority (nice 19). Used by the argon2 threads,
+/// so a login flood cannot take the CPU from chats in progress; they still get every
+/// cycle nobody else wants.
+pub fn lower_thread_priority() -> Result<(), String> {
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
+        .map_err(|e| format!("cannot lower the thread's priority: {e}"))
+}
+
 /// Make an IPv6 socket IPv6-only (no IPv4-mapped peers).
 pub fn set_ipv6_only(sock: &impl std::os::fd::AsFd) -> Result<(), String> {
     nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Ipv6V6Only, &true)

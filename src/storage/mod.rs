@@ -422,7 +422,7 @@ impl Storage {
                     })
                 }
             };
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = exec_cached(conn, "SAVEPOINT job") {
                 let err = StorageError::from(e);
                 return Box::new(move |_| {
                     let _ = tx.send(Err(err));
@@ -430,7 +430,7 @@ impl Storage {
             }
             match f(conn, st) {
                 Ok(v) => {
-                    let _ = conn.execute_batch("RELEASE job");
+                    let _ = exec_cached(conn, "RELEASE job");
                     Box::new(move |commit: Result<(), StorageError>| {
                         let out = commit.map(|_| {
                             on_commit(&v);
@@ -440,19 +440,30 @@ impl Storage {
                     })
                 }
                 Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = exec_cached(conn, "ROLLBACK TO job");
+                    let _ = exec_cached(conn, "RELEASE job");
                     Box::new(move |_| {
                         let _ = tx.send(Err(e));
                     })
                 }
             }
         });
-        let jobs = self.jobs.clone();
-        // The queue is bounded; a full queue blocks only this caller, off the async workers.
-        tokio::task::spawn_blocking(move || jobs.send(job))
-            .await
-            .map_err(|_| StorageError("database writer unavailable".into()))?
-            .map_err(|_| StorageError("database writer stopped".into()))?;
+        // The queue is bounded. Enqueue at once when there is room (the common case: no
+        // thread hand-off per write); a full queue blocks only this caller, off the async
+        // workers.
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(StorageError("database writer stopped".into()))
+            }
+            Err(mpsc::TrySendError::Full(job)) => {
+                let jobs = self.jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StorageError("database writer unavailable".into()))?
+                    .map_err(|_| StorageError("database writer stopped".into()))?;
+            }
+        }
         rx.await
             .map_err(|_| StorageError("database writer stopped".into()))?
     }
@@ -841,8 +852,10 @@ fn insert_event(
     })
     .map_err(|e| StorageError(format!("encoding event: {e}")))?;
     let sealed = st.sealer.seal(&event_aad(id, chat_id, kind), &body);
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO events(id, chat_id, kind, sender, operator_id, body, ts_ms) VALUES(?1,?2,?3,?4,?5,?6,?7)",
+    )?
+    .execute(
         params![id, chat_id.0, kind.as_str(), from.as_str(), operator.map(|o| o.0), sealed, ts],
     )?;
     st.next_event_id += 1;
@@ -891,6 +904,12 @@ pub(crate) fn load_events(
     Ok(out)
 }
 
+/// Run a statement without parameters from the connection's statement cache (the writer
+/// runs the same few for every job; parsing them each time cost more than running them).
+fn exec_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut state: WriterState) {
     const MAX_BATCH: usize = 512;
     while let Ok(first) = rx.recv() {
@@ -901,7 +920,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut state: WriterState
                 Err(_) => break,
             }
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let began = exec_cached(&conn, "BEGIN IMMEDIATE");
         if let Err(e) = began {
             let err = StorageError(format!("database write failed, nothing was saved: {e}"));
             for job in batch {
@@ -914,7 +933,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut state: WriterState
             .into_iter()
             .map(|j| j(Ok((&conn, &mut state))))
             .collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        let commit = exec_cached(&conn, "COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             StorageError(format!("database write failed, nothing was saved: {e}"))
         });

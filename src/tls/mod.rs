@@ -179,6 +179,9 @@ pub fn visitor_server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedCert(cert.certified.clone())));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One TLS 1.3 resumption ticket per handshake (rustls sends two by default): a browser
+    // uses a ticket once, and every resumed connection brings a fresh one.
+    cfg.send_tls13_tickets = 1;
     Ok(Arc::new(cfg))
 }
 
