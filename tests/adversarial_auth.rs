@@ -335,7 +335,11 @@ async fn login_flood_does_not_starve_chat() {
         l.set_network(&["127.0.0.1:0"], &["127.0.0.1:0"], &["127.0.0.0/8"]);
         let d = l.serve(&[])?;
         let (v, o) = (l.visitor_client(d.v()), l.operator_client(d.o()));
-        let session = l.login(&o).await?;
+        let session = l.login(&o).await.map_err(|e| {
+            let log = d.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("login")).collect();
+            format!("{e}; daemon log: {lines:?}")
+        })?;
         let mut stream = o.events("/api/v1/operator/events", &[cookie(&session)]).await?;
         stream.until("snapshot", T).await.ok_or("no snapshot")?;
         let (chat, token) = try_start_chat(&v, "Patient Visitor", "still there?").await?;

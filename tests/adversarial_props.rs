@@ -94,8 +94,18 @@ fn nets() -> impl Strategy<Value = Vec<(bool, u128, u8)>> {
     )
 }
 
+/// 200 cases each; failures are not written to a regressions file (the inputs the fuzzers
+/// found are pinned in `known_inputs_found_by_fuzzing` instead).
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(config())]
 
     #[test]
     fn api_bodies_hold_on_any_bytes(kind in any::<u8>(), data in vec(any::<u8>(), 0..300)) {
@@ -126,7 +136,7 @@ proptest! {
 
 /// Run a policy property with proptest's runner, then remove the scratch directory.
 fn policy_property<S: Strategy>(strategy: S, f: impl Fn(S::Value) -> (usize, Vec<u8>)) {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     let result = runner.run(&strategy, |v| {
         let (which, text) = f(v);
         props::check_policy(which, &text);

@@ -22,6 +22,7 @@ const CHROMIUM = process.env.PALISADE_CHROMIUM || '/usr/bin/chromium';
 const STEP = 20_000;
 const TOTAL = 8 * 60_000;
 const BATCH = 8; // an operator holds at most 8 chats at once
+const PER_CHAT = 5_000; // one chat's messages arriving in a view
 
 const args = { bin: null, keep: false, screenshots: null };
 for (let i = 2; i < process.argv.length; i++) {
@@ -264,7 +265,7 @@ async function attack(browser, chats) {
     for (const c of batch) {
       const panel = `.chat-panel[data-chat-id="${c.id}"]`;
       await until(`panel of chat ${c.id} with its messages`, async () =>
-        (await op.locator(`${panel} .msg.from-visitor`).count()) >= 2, STEP).catch((e) => check(viewName, false, e.message));
+        (await op.locator(`${panel} .msg.from-visitor`).count()) >= 2, PER_CHAT).catch((e) => check(viewName, false, e.message));
       for (const key of ['panel', 'panelAuthor', 'panelMessage']) {
         for (const f of shown(key)) {
           const ok = await hasText(op.mainFrame(), panel, f.shown[key], c.expect[f.field]);
@@ -320,7 +321,7 @@ async function attack(browser, chats) {
         JSON.stringify({ token: c.token, chat_id: c.id, name: c.expect.name }));
       await frame.goto(new URL('/chat', demo.visitor_url).href, { waitUntil: 'load' });
       await until(`chat page of chat ${c.id} with its transcript`, async () =>
-        (await frame.locator('#messages .msg.from-visitor').count()) >= 2).catch((e) => check('chat-page-widget', false, e.message));
+        (await frame.locator('#messages .msg.from-visitor').count()) >= 2, PER_CHAT).catch((e) => check('chat-page-widget', false, e.message));
       for (const f of shown('chat')) {
         const ok = await hasText(frame, '#messages', f.shown.chat, c.expect[f.field]);
         check('chat-page-widget', ok, `payload ${c.i} (${c.cls}) ${short(c.p)} in ${f.field}: not shown literally in the chat page`);
