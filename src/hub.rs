@@ -112,7 +112,9 @@ impl Hub {
     pub fn subscribe_chat(&self, chat: ChatId) -> broadcast::Receiver<VisitorEvent> {
         lock(&self.chats)
             .entry(chat)
-            .or_insert_with(|| broadcast::channel(256).0)
+            // Small on purpose: each slot is memory per idle visitor, and a stream that falls
+            // behind re-reads what it missed from the database.
+            .or_insert_with(|| broadcast::channel(16).0)
             .subscribe()
     }
 

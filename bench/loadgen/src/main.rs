@@ -586,6 +586,8 @@ async fn relay(a: &Args, cx: &mut Ctx) -> Result<(), String> {
     let mut p = Palisade::create(&a.palisade, &a.work.join("c"))?;
     p.set_policy("visitor.toml", "messages_per_minute", "10000")?;
     p.set_policy("network.toml", "allow", "[\"127.0.0.0/8\", \"::1/128\"]")?;
+    // Each operator holds `per_op` chats (the shipped chat.toml allows 4).
+    p.set_policy("chat.toml", "max_chats_per_operator", &per_op.to_string())?;
     if let Some(n) = &a.hashes {
         p.set_policy("accounts.toml", "max_concurrent_hashes", n)?;
         cx.notes.push(format!(
