@@ -326,6 +326,10 @@
   });
 
   el.closeBtn.addEventListener('click', function () {
+    // The visitor's own choice holds at once: nothing that arrives before the loader
+    // confirms may be marked read.
+    state.panelOpen = false;
+    state.inviteOpened = false;
     postToParent({ type: 'close' });
   });
 
@@ -970,7 +974,8 @@
     clearTimeout(state.readTimer);
     var gen = state.generation;
     state.readTimer = setTimeout(function () {
-      if (gen !== state.generation || state.ended) { return; }
+      // Checked again when it fires: the visitor may have minimised the chat meanwhile.
+      if (gen !== state.generation || state.ended || !panelVisible()) { return; }
       var upTo = state.readCandidate;
       if (state.lastOtherId <= state.readSent) { return; }
       state.readSent = upTo;
