@@ -305,6 +305,28 @@ impl Reply {
     }
 }
 
+/// A request to `addr` with a JSON body (when given) and extra headers.
+fn build_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, String)],
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    b.body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())
+}
+
 /// An HTTPS client that trusts exactly one pinned key, optionally from a chosen source.
 #[derive(Clone)]
 pub struct Client {
@@ -366,19 +388,7 @@ impl Client {
         body: Option<Vec<u8>>,
         headers: &[(&str, String)],
     ) -> Result<Reply, String> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            b = b.header(*k, v);
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
+        let req = build_request(self.addr, method, path, body, headers)?;
         let resp = self.send(req).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -1007,19 +1017,7 @@ impl Conn {
         body: Option<Vec<u8>>,
         headers: &[(&str, String)],
     ) -> Result<Reply, String> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            b = b.header(*k, v);
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
+        let req = build_request(self.addr, method, path, body, headers)?;
         self.sender
             .ready()
             .await
