@@ -114,6 +114,13 @@ async fn idle_connections() {
     case("exhaustion/idle-connections", CASE, async {
         const RAW: usize = 8000;
         const TLS: usize = 500;
+        // This process holds one end of every connection: take the hard descriptor limit.
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+        ensure(hard >= (RAW + TLS + 1000) as u64, || {
+            format!("the descriptor limit {hard} is too low for {} connections", RAW + TLS)
+        })?;
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| e.to_string())?;
         let l = layout();
         let d = l.serve(&[])?;
         let (v, o) = (l.visitor_client(d.v()), l.operator_client(d.o()));
