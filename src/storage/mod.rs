@@ -282,6 +282,8 @@ fn check_and_migrate(conn: &Connection, path: &Path, fresh: bool) -> Result<(), 
             ))
         })?;
     if quick != "ok" {
+        // quick_check's report spans lines; the refusal is one line.
+        let quick = quick.lines().map(str::trim).collect::<Vec<_>>().join("; ");
         return Err(StorageError(format!(
             "{p}: database is corrupt (quick_check: {quick}); refusing to start; restore from backup, nothing was repaired or deleted"
         )));
