@@ -459,7 +459,7 @@ async fn corrupt_database() {
         overwrite(&db, 2 * 4096, &[0xa5; 4096]);
         out.push(format!(
             "btree={}",
-            refuses(&l, &["database is corrupt", "refusing to start"])?
+            refuses(&l, &["database is corrupt", "restore from backup"])?
         ));
         // A damaged file header.
         let l = Layout::new();
