@@ -132,6 +132,7 @@ async fn idle_connections() {
         let sem = Arc::new(tokio::sync::Semaphore::new(400));
         let mut raw = vec![];
         for i in 0..RAW {
+            ensure(opened.elapsed() < Duration::from_secs(60), || format!("only {i} connections opened in 60 s"))?;
             let c = v.with_source(ip(&format!("127.0.10.{}", 1 + i % 80)));
             let permit = sem.clone().acquire_owned().await.unwrap();
             raw.push(tokio::spawn(async move {
@@ -146,6 +147,7 @@ async fn idle_connections() {
         // TLS connections that finish the handshake and then say nothing.
         let mut tls = vec![];
         for i in 0..TLS {
+            ensure(opened.elapsed() < Duration::from_secs(60), || format!("only {i} TLS connections opened in 60 s"))?;
             let c = v.with_source(ip(&format!("127.0.11.{}", 1 + i % 50)));
             let permit = sem.clone().acquire_owned().await.unwrap();
             tls.push(tokio::spawn(async move {
@@ -423,6 +425,7 @@ async fn message_flood_one_visitor() {
         let (_, token) = try_start_chat(&v, "Flooder", "spam").await?;
         let h = Healthy::start(v.clone(), o.clone(), session, Duration::from_millis(100)).await?;
         const N: usize = 1200;
+        let flood_start = Instant::now();
         let mut tasks = vec![];
         for k in 0..4 {
             let (v, token) = (v.clone(), token.clone());
@@ -430,6 +433,9 @@ async fn message_flood_one_visitor() {
                 let mut conn = v.connect().await?;
                 let mut out = vec![];
                 for i in 0..N / 4 {
+                    if flood_start.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
                     let t0 = Instant::now();
                     let r = conn.post_json("/api/v1/visitor/messages", &json!({"text": format!("flood {k}-{i}")}), &[bearer(&token)]).await?;
                     out.push((r.status, t0.elapsed().as_secs_f64() * 1000.0));
@@ -533,7 +539,11 @@ async fn chat_start_flood() {
         let v = l.visitor_client(d.v()).with_source(ip("127.0.15.1"));
         let mut conn = v.connect().await?;
         let (mut ok, mut limited, mut ms) = (0, 0, vec![]);
+        let flood_start = Instant::now();
         for i in 0..300 {
+            if flood_start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
             let t0 = Instant::now();
             let r = conn.post_json("/api/v1/visitor/chats", &json!({"name": format!("Bot {i}"), "question": "q"}), &[]).await?;
             match r.status {
@@ -550,7 +560,7 @@ async fn chat_start_flood() {
         try_start_chat(&other, "Real Visitor", "hello").await?;
         let p95 = percentile(&ms, 95.0);
         ensure(p95 < 200.0, || format!("429 p95 {p95:.0} ms"))?;
-        Ok(format!("attempts=300 started={ok} limited_429={limited} limited_p95_ms={p95:.1} other_source=201"))
+        Ok(format!("attempts={} started={ok} limited_429={limited} limited_p95_ms={p95:.1} other_source=201", ok + limited))
     })
     .await;
 }
