@@ -63,8 +63,7 @@ pub struct NetworkPolicy {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkOverrides {
-    /// Accept an operator allowlist that admits every address (0.0.0.0/0, ::/0,
-    /// ::ffff:0:0/96).
+    /// Accept an operator allowlist that admits every address (0.0.0.0/0, ::/0).
     #[serde(default)]
     pub operator_allow_everyone: bool,
     /// Accept an operator listener on a wildcard address.
@@ -549,6 +548,25 @@ pub fn load_policy(dir: &Path) -> Result<Policy, PolicyErrors> {
     }
 }
 
+/// An IPv6 network inside ::ffff:0:0/96, as the IPv4 network it stands for. Sources are
+/// compared in their canonical form (an IPv4-mapped client is an IPv4 client), so an entry
+/// written this way would never match anyone.
+fn mapped_as_v4(net: &IpNet) -> Option<ipnet::Ipv4Net> {
+    let IpNet::V6(v6) = net else { return None };
+    if v6.prefix_len() < 96 {
+        return None;
+    }
+    let v4 = v6.network().to_ipv4_mapped()?;
+    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok()
+}
+
+fn mapped_problem(entry: &str, v4: &ipnet::Ipv4Net) -> String {
+    format!(
+        "{entry:?} is an IPv4-mapped IPv6 network, which never matches (clients are compared as IPv4); write {:?}",
+        v4.to_string()
+    )
+}
+
 /// Does this network cover every IPv4 address as IPv4-mapped IPv6?
 pub fn covers_all_mapped(v6: &ipnet::Ipv6Net) -> bool {
     let first = std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped();
@@ -594,6 +612,10 @@ fn check_network(
             }
             IpNet::V6(_) => None,
         };
+        if let Some(v4) = mapped_as_v4(&net) {
+            errors.push(src.err("operator", "allow", mapped_problem(a, &v4)));
+            continue;
+        }
         if let Some(what) = everyone {
             if ov.operator_allow_everyone {
                 overrides.push(format!(
@@ -614,7 +636,10 @@ fn check_network(
     }
     for p in &n.proxies.trusted {
         match parse_cidr(p) {
-            Ok(net) => proxies.push(net),
+            Ok(net) => match mapped_as_v4(&net) {
+                Some(v4) => errors.push(src.err("proxies", "trusted", mapped_problem(p, &v4))),
+                None => proxies.push(net),
+            },
             Err(e) => errors.push(src.err("proxies", "trusted", e)),
         }
     }
