@@ -508,6 +508,15 @@ async fn responses_carry_strict_headers_and_limits_hold() {
         .as_str()
         .unwrap()
         .contains("unknown field"));
+    // A positional array would fill the same struct through serde: only objects pass.
+    let r = v
+        .post_json("/api/v1/visitor/chats", &json!(["A", null, null, "q"]), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str().unwrap()),
+        (400, "invalid JSON body: expected an object")
+    );
     let r = v
         .post_json(
             "/api/v1/visitor/chats",

@@ -147,6 +147,14 @@ pub async fn read_json<T: DeserializeOwned>(
         }
         Ok(Ok(c)) => c.to_bytes(),
     };
+    // Every body of this API is an object. serde would also fill a struct from a
+    // positional array, which no client sends and nothing documents: refuse it.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body: expected an object",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         let msg = format!("invalid JSON body: {}", truncate_msg(&e.to_string()));
         error(StatusCode::BAD_REQUEST, &msg)
