@@ -99,16 +99,43 @@ function prechat(p) {
   return p.replace(/[\u0000-\u0008\u000B-\u001F\u007F]/g, '').trim();
 }
 
-// The visitor-controlled fields. One line each: how a payload gets in (`start`: a
-// pre-chat form field; `send`: a call made after the chat started, through the visitor
-// API object `v`), what the server keeps of it, and where the views show it
-// (view → CSS selector inside that view's container, or a transcript JSON path).
-// A field another issue adds (page URL/title/referrer, user agent, rating comment,
-// offline message) becomes one more line here, plus its selector in the views showing it.
+/** What the server keeps of a page URL, title or referrer: not trimmed and not checked to
+ * be a URL, control characters (newlines too) dropped. */
+export function page(p) {
+  return p.replace(/[\u0000-\u001F\u007F-\u009F]/g, '');
+}
+
+/** A payload as a User-Agent header can carry it: line breaks become spaces and other
+ * characters outside printable ASCII become `?` (the server keeps only such headers). */
+export function uaify(p) {
+  return p.replace(/[\t\n]/g, ' ').replace(/[^\x20-\x7E]/g, '?').trim();
+}
+
+// The visitor-controlled fields. One line each: how a payload gets in, what the server
+// keeps of it, and where the views show it.
+//   start: (p) => pre-chat form fields          send: (v, p) => a call after the chat started
+//   hello: (p) => fields of the first page view (`POST /hello`, before the chat starts)
+//   page:  (p) => url/title of a page view: sent in `/hello` for even payloads, in a later
+//          `/pageview` for odd ones (the server keeps the first referrer, the latest page)
+//   headers: (p) => request headers of `/hello`
+//   rate:  (p) => the rating body's fields, sent after the chat ended
+//   offline: (p) => leave-a-message fields (`POST /offline-message`, one per payload)
+// `shown`: view → where it shows: a CSS selector (some element's text is exactly the kept
+// value), `{ sel, attr }` (an attribute is exactly it), `{ sel, has }` / `{ sel, ends }`
+// (the text contains / ends with the template, `%` standing for the kept value), `{ sel,
+// rest }` (the text after the element's first child element is the template), or for the
+// transcript JSON a path (`author`, `email`, `<event kind>.<key>`, `rating.comment`).
 export const FIELDS = [
-  { field: 'name', start: (p) => ({ name: prechat(p) }), kept: prechat, shown: { queue: '.queue-name', panel: '.chat-name', panelAuthor: '.msg.from-visitor .msg-author', typing: '.typing', chat: '.msg.from-visitor .msg-author', json: 'author' } },
+  { field: 'name', start: (p) => ({ name: prechat(p) }), kept: prechat, shown: { queue: '.queue-name', panel: '.chat-name', panelAuthor: '.msg.from-visitor .msg-author', typing: '.typing', chat: '.msg.from-visitor .msg-author', json: 'author', html: { sel: 'li > strong', ends: '] %' } } },
   { field: 'email', start: (p) => ({ email: emailify(p) }), kept: emailify, shown: { panel: '.chat-email', operatorJson: 'email' } },
-  { field: 'question', start: (p) => ({ question: prechat(p) }), kept: prechat, shown: { queue: '.queue-question', panel: '.chat-question', panelMessage: '.msg.from-visitor .msg-text', chat: '.msg.from-visitor .msg-text', json: 'started.text' } },
-  { field: 'message', send: (v, p) => v.post('/api/v1/visitor/messages', { text: p }), kept: (p) => p.trimEnd(), shown: { panelMessage: '.msg.from-visitor .msg-text', chat: '.msg.from-visitor .msg-text', json: 'message.text' } },
-  // { field: 'page_title', send: (v, p) => v.post('/api/v1/visitor/pageview', { url: '/x', title: p }), kept: prechat, shown: { visitors: '.visitor-page-title' } },
+  { field: 'question', start: (p) => ({ question: prechat(p) }), kept: prechat, shown: { queue: '.queue-question', panel: '.chat-question', panelMessage: '.msg.from-visitor .msg-text', chat: '.msg.from-visitor .msg-text', json: 'started.text', html: { sel: 'li', rest: ': started the chat: %' } } },
+  { field: 'message', send: (v, p) => v.post('/api/v1/visitor/messages', { text: p }), kept: (p) => p.trimEnd(), shown: { panelMessage: '.msg.from-visitor .msg-text', chat: '.msg.from-visitor .msg-text', json: 'message.text', html: { sel: 'li', rest: ': %' } } },
+  { field: 'page_url', page: (p) => ({ url: p }), kept: page, shown: { visitors: '.v-url', visitorsAttr: { sel: '.v-url', attr: 'title' } } },
+  { field: 'page_title', page: (p) => ({ title: p }), kept: page, shown: { visitors: '.v-title' } },
+  { field: 'referrer', hello: (p) => ({ referrer: p }), kept: page, shown: { visitors: '.v-referrer', visitorsAttr: { sel: '.v-referrer', attr: 'title' } } },
+  { field: 'user_agent', headers: (p) => ({ 'User-Agent': uaify(p) }), kept: uaify, shown: { visitorsAttr: { sel: '.v-ua', attr: 'title' } } },
+  { field: 'rating_comment', rate: (p) => ({ comment: prechat(p) }), kept: prechat, shown: { rating: { sel: '.rating-line', has: '\u201C%\u201D' }, operatorJson: 'rating.comment' } },
+  { field: 'offline_name', offline: (p) => ({ name: prechat(p) }), kept: prechat, shown: { inbox: '.inbox-name' } },
+  { field: 'offline_email', offline: (p) => ({ email: emailify(p) }), kept: emailify, shown: { inbox: '.inbox-email' } },
+  { field: 'offline_message', offline: (p) => ({ message: prechat(p) }), kept: prechat, shown: { inbox: '.inbox-message' } },
 ];
