@@ -118,6 +118,13 @@ impl Hub {
             .subscribe()
     }
 
+    /// How many visitor streams are open for this chat.
+    pub fn chat_listeners(&self, chat: ChatId) -> usize {
+        lock(&self.chats)
+            .get(&chat)
+            .map_or(0, |tx| tx.receiver_count())
+    }
+
     /// Is a visitor stream open for this chat?
     pub fn chat_has_listener(&self, chat: ChatId) -> bool {
         lock(&self.chats)

@@ -564,3 +564,63 @@ async fn chat_start_flood() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "adversarial suite: run by scripts/adversarial"]
+async fn streams_per_chat() {
+    case("exhaustion/streams-per-chat", CASE, async {
+        const LIMIT: usize = 8; // visitor::MAX_STREAMS_PER_CHAT
+        let l = layout();
+        let d = l.serve(&[])?;
+        let v = l.visitor_client(d.v());
+        let (_, token) = try_start_chat(&v, "Many Tabs", "one token, many streams").await?;
+        let mut streams = vec![];
+        for i in 0..LIMIT {
+            let s = v.events("/api/v1/visitor/events", &[bearer(&token)]).await;
+            streams.push(s.map_err(|e| format!("stream {} of {LIMIT}: {e}", i + 1))?);
+        }
+        // One more, a burst more: each refused at once, nothing piles up.
+        let (mut refused, mut ms) = (0, vec![]);
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            match v.events("/api/v1/visitor/events", &[bearer(&token)]).await {
+                Err(e) if e == "event stream status 429 Too Many Requests" => {}
+                Err(e) => return Err(format!("stream beyond {LIMIT}: {e}")),
+                Ok(_) => return Err(format!("a stream beyond {LIMIT} was opened")),
+            }
+            refused += 1;
+            ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        // Every open stream still follows the chat.
+        let r = v.post_json("/api/v1/visitor/messages", &json!({"text": "to every tab"}), &[bearer(&token)]).await?;
+        ensure(r.status == 200, || format!("message answered {}", r.status))?;
+        for (i, s) in streams.iter_mut().enumerate() {
+            let e = s.until("message", T).await.ok_or_else(|| format!("tab {} missed the message", i + 1))?;
+            ensure(e.data["text"] == "to every tab", || format!("tab {} got {:?}", i + 1, e.data))?;
+        }
+        // Another chat is not affected.
+        let (_, other) = try_start_chat(&v, "Other Visitor", "hello").await?;
+        v.events("/api/v1/visitor/events", &[bearer(&other)]).await.map_err(|e| format!("another chat's stream: {e}"))?;
+        // Closing a tab frees its place.
+        drop(streams.pop());
+        let t0 = Instant::now();
+        loop {
+            match v.events("/api/v1/visitor/events", &[bearer(&token)]).await {
+                Ok(s) => {
+                    streams.push(s);
+                    break;
+                }
+                Err(e) if t0.elapsed() < T => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(format!("a closed stream's place was not freed within {T:?}: {e}")),
+            }
+        }
+        let freed_ms = t0.elapsed().as_millis();
+        let p95 = percentile(&ms, 95.0);
+        ensure(p95 < 200.0, || format!("429 p95 {p95:.0} ms"))?;
+        Ok(format!("open={LIMIT} refused_429={refused} refused_p95_ms={p95:.1} all_tabs_delivered=yes other_chat=200 freed_ms={freed_ms}"))
+    })
+    .await;
+}

@@ -930,11 +930,22 @@ pub fn event_json(ev: &StoredEvent, visitor_name: &str) -> serde_json::Value {
     })
 }
 
+/// Open event streams one chat may hold at once (a visitor's tabs).
+pub const MAX_STREAMS_PER_CHAT: usize = 8;
+
 async fn events(app: &Arc<App>, chat: VisitorChat, req: &Request<Incoming>) -> Resp {
     let last = match http::last_event_id(req) {
         Ok(n) => n,
         Err(r) => return r,
     };
+    // A visitor has a few tabs, not hundreds: one chat token cannot hold more streams
+    // than this (each is a task and buffers the whole connection limit would allow).
+    if app.hub.chat_listeners(chat.id()) >= MAX_STREAMS_PER_CHAT {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many event streams open for this chat; close one",
+        );
+    }
     let (tx, rx) = mpsc::channel(64);
     // Subscribe before reading the backlog, so nothing committed in between is missed.
     let sub = app.hub.subscribe_chat(chat.id());
