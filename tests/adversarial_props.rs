@@ -169,3 +169,42 @@ fn known_inputs_found_by_fuzzing() {
     props::check_sse_frame(Some(1), "a\rid: 99\r\revent: x");
     props::remove_policy_dir();
 }
+
+/// Random JSON rarely makes a valid body: every body type, from a valid object (the same
+/// seeds the fuzzer starts from), with each property checked, and as a positional array.
+#[test]
+fn every_body_type_from_a_valid_object() {
+    let valid = [
+        r#"{"name":"Ann","email":"a@b.example","question":"hi"}"#,
+        r#"{"text":"hello"}"#,
+        r#"{"typing":true}"#,
+        r#"{"username":"demo","password":"pw","auth_string":"s"}"#,
+        r#"{"up_to":12}"#,
+        r#"{"url":"https://www.example.com/a","title":"A","referrer":""}"#,
+        r#"{"invite_id":1}"#,
+        r#"{"name":"Ann","email":"a@b.example","message":"call me"}"#,
+        r#"{"rating":5,"comment":"thanks"}"#,
+        r#"{"presence":"away"}"#,
+        r#"{"to_operator":"bob","note":"n"}"#,
+        r#"{"category":"Other","note":"n"}"#,
+        r#"{"on":true}"#,
+        r#"{"message":"hello"}"#,
+        r#"{"shortcut":"hi","title":"Hi","text":"Hello!"}"#,
+        r#"{"code":"123456"}"#,
+    ];
+    assert_eq!(
+        valid.len(),
+        props::BODIES.len(),
+        "one valid object per body type"
+    );
+    for (kind, body) in valid.iter().enumerate() {
+        let (name, _, parses) = props::BODIES[kind];
+        assert!(parses(body.as_bytes()), "{name}: {body} does not parse");
+        props::check_api_body(kind as u8, body.as_bytes());
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let array: Vec<&serde_json::Value> = v.as_object().unwrap().values().collect();
+        let array = serde_json::to_vec(&array).unwrap();
+        assert!(!parses(&array), "{name}: a positional array parses");
+        props::check_api_body(kind as u8, &array);
+    }
+}

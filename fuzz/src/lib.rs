@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// The shipped policy files, the starting point of every policy input.
-pub const SHIPPED: [(&str, &str); 5] = [
+pub const SHIPPED: [(&str, &str); 6] = [
     ("network.toml", include_str!("../../policy/network.toml")),
     ("tls.toml", include_str!("../../policy/tls.toml")),
     ("accounts.toml", include_str!("../../policy/accounts.toml")),
@@ -19,6 +19,7 @@ pub const SHIPPED: [(&str, &str); 5] = [
         "retention.toml",
         include_str!("../../policy/retention.toml"),
     ),
+    ("chat.toml", include_str!("../../policy/chat.toml")),
 ];
 
 /// A scratch policy directory for this process and thread.
@@ -59,16 +60,30 @@ pub fn check_policy(which: usize, text: &[u8]) {
     }
     match load_policy(&dir) {
         Ok(p) => {
+            let everyone = p.network.overrides.operator_allow_everyone;
             for net in &p.operator_allow {
                 assert_eq!(net.trunc(), *net, "host bits in {net}");
-                assert!(net.prefix_len() > 0, "catch-all {net}");
+                assert!(everyone || net.prefix_len() > 0, "catch-all {net}");
                 if let IpNet::V6(v6) = net {
                     let mapped =
                         ipnet::Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96)
                             .unwrap();
+                    // Neither all of IPv4 nor an IPv4-mapped entry (which never matches).
                     assert!(
-                        !(v6.prefix_len() <= 96 && mapped.contains(&v6.network())),
+                        !mapped.contains(&v6.network()),
+                        "{net}: an IPv4-mapped entry"
+                    );
+                    assert!(
+                        everyone || !v6.contains(&mapped),
                         "{net} admits all of IPv4"
+                    );
+                }
+            }
+            for net in &p.trusted_proxies {
+                if let IpNet::V6(v6) = net {
+                    assert!(
+                        v6.network().to_ipv4_mapped().is_none(),
+                        "{net}: an IPv4-mapped proxy entry"
                     );
                 }
             }
@@ -105,68 +120,202 @@ pub fn check_policy(which: usize, text: &[u8]) {
     }
 }
 
-/// Parse an API body as the handlers do: never panics; what parses keeps its invariants.
+/// Every request body type, by the name of its route: (name, the generic property for it).
+/// A body property: panics when the body type breaks it.
+pub type BodyCheck = fn(&[u8]);
+/// Does this body type accept these bytes?
+pub type BodyParses = fn(&[u8]) -> bool;
+
+pub const BODIES: &[(&str, BodyCheck, BodyParses)] = {
+    use palisade::operator as o;
+    use palisade::visitor as v;
+    &[
+        (
+            "visitor/chats",
+            redacted::<v::StartChat>,
+            parses::<v::StartChat>,
+        ),
+        (
+            "visitor/messages",
+            redacted::<v::MessageBody>,
+            parses::<v::MessageBody>,
+        ),
+        (
+            "visitor/typing",
+            body::<v::TypingBody>,
+            parses::<v::TypingBody>,
+        ),
+        (
+            "operator/login",
+            redacted::<o::LoginBody>,
+            parses::<o::LoginBody>,
+        ),
+        ("visitor/read", body::<v::ReadBody>, parses::<v::ReadBody>),
+        (
+            "visitor/hello+pageview",
+            redacted::<v::PageBody>,
+            parses::<v::PageBody>,
+        ),
+        (
+            "visitor/invite",
+            body::<v::InviteAnswer>,
+            parses::<v::InviteAnswer>,
+        ),
+        (
+            "visitor/offline-message",
+            redacted::<v::OfflineBody>,
+            parses::<v::OfflineBody>,
+        ),
+        (
+            "visitor/rating",
+            redacted::<v::RatingBody>,
+            parses::<v::RatingBody>,
+        ),
+        (
+            "operator/presence",
+            body::<o::PresenceBody>,
+            parses::<o::PresenceBody>,
+        ),
+        (
+            "operator/transfer",
+            redacted::<o::TransferBody>,
+            parses::<o::TransferBody>,
+        ),
+        (
+            "operator/wrapup",
+            redacted::<o::WrapupBody>,
+            parses::<o::WrapupBody>,
+        ),
+        (
+            "operator/monitor",
+            body::<o::MonitorBody>,
+            parses::<o::MonitorBody>,
+        ),
+        (
+            "operator/invite",
+            redacted::<o::InviteBody>,
+            parses::<o::InviteBody>,
+        ),
+        (
+            "operator/canned",
+            redacted::<o::CannedBody>,
+            parses::<o::CannedBody>,
+        ),
+        (
+            "operator/totp-confirm",
+            redacted::<o::ConfirmBody>,
+            parses::<o::ConfirmBody>,
+        ),
+    ]
+};
+
+/// Parse an API body as the handlers do (`http::parse_body`), for every body type (the
+/// first byte picks which): never panics; only a JSON object parses; an unknown field is
+/// refused whatever else the object holds; `Debug` shows no field value; and the bodies
+/// with extra invariants keep them.
 pub fn check_api_body(kind: u8, data: &[u8]) {
-    use palisade::operator::LoginBody;
-    use palisade::visitor::{clean_field, MessageBody, StartChat, TypingBody};
-    match kind % 4 {
-        0 => {
-            if let Ok(b) = serde_json::from_slice::<StartChat>(data) {
-                for (v, max, required) in [
-                    (&b.name, 200, true),
-                    (&b.email, 254, false),
-                    (&b.question, 500, true),
-                ] {
-                    if let Ok(clean) = clean_field(v, max, "field", required) {
-                        assert_eq!(clean.trim(), clean, "not trimmed");
-                        assert!(clean.chars().count() <= max, "too long");
-                        assert!(!required || !clean.is_empty(), "required but empty");
-                        assert!(
-                            clean
-                                .chars()
-                                .all(|c| !c.is_control() || c == '\n' || c == '\t'),
-                            "control character kept"
-                        );
-                    }
-                }
-                // Unknown fields are refused, whatever else the object holds. (serde also
-                // takes the fields as a positional array; that form has no names to add.)
-                let mut v: serde_json::Value = serde_json::from_slice(data).unwrap();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("admin".into(), true.into());
-                    assert!(
-                        serde_json::from_value::<StartChat>(v).is_err(),
-                        "unknown field accepted"
-                    );
-                }
-            }
+    let (_, property, _) = BODIES[usize::from(kind) % BODIES.len()];
+    property(data);
+    match usize::from(kind) % BODIES.len() {
+        0 => start_chat(data),
+        1 => message(data),
+        2 => typing(data),
+        3 => login(data),
+        _ => {}
+    }
+}
+
+fn parses<T: serde::de::DeserializeOwned>(data: &[u8]) -> bool {
+    palisade::http::parse_body::<T>(data).is_ok()
+}
+
+/// The property every body type keeps.
+fn body<T: serde::de::DeserializeOwned>(data: &[u8]) {
+    let Ok(_) = palisade::http::parse_body::<T>(data) else {
+        return;
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(data).expect("parsed, so JSON");
+    let o = v.as_object_mut().expect("only an object parses");
+    o.insert("x-unknown".into(), true.into());
+    let again = palisade::http::parse_body::<T>(v.to_string().as_bytes());
+    assert!(
+        again.as_ref().is_err_and(|e| e.contains("unknown field")),
+        "an unknown field was accepted"
+    );
+}
+
+/// A body carrying visitor data or a secret: `Debug` does not depend on what the strings
+/// say (at most on their lengths), so no value can reach a log through it.
+fn redacted<T: serde::de::DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
+    body::<T>(data);
+    let Ok(b) = palisade::http::parse_body::<T>(data) else {
+        return;
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(data).expect("parsed, so JSON");
+    for x in v.as_object_mut().expect("an object").values_mut() {
+        if let Some(s) = x.as_str() {
+            *x = "#".repeat(s.chars().count()).into();
         }
-        1 => {
-            if let Ok(b) = serde_json::from_slice::<MessageBody>(data) {
-                let again: MessageBody =
-                    serde_json::from_value(serde_json::json!({"text": b.text})).unwrap();
-                assert_eq!(again.text, b.text);
-                assert_eq!(
-                    format!("{b:?}"),
-                    format!("MessageBody([{} chars redacted])", b.text.chars().count())
+    }
+    let masked = palisade::http::parse_body::<T>(v.to_string().as_bytes())
+        .expect("the same object with other strings of the same lengths");
+    assert_eq!(
+        format!("{b:?}"),
+        format!("{masked:?}"),
+        "Debug shows a value"
+    );
+}
+
+fn start_chat(data: &[u8]) {
+    use palisade::visitor::{clean_field, StartChat};
+    if let Ok(b) = palisade::http::parse_body::<StartChat>(data) {
+        for (v, max, required) in [
+            (&b.name, 200, true),
+            (&b.email, 254, false),
+            (&b.question, 500, true),
+        ] {
+            if let Ok(clean) = clean_field(v, max, "field", required) {
+                assert_eq!(clean.trim(), clean, "not trimmed");
+                assert!(clean.chars().count() <= max, "too long");
+                assert!(!required || !clean.is_empty(), "required but empty");
+                assert!(
+                    clean
+                        .chars()
+                        .all(|c| !c.is_control() || c == '\n' || c == '\t'),
+                    "control character kept"
                 );
             }
         }
-        2 => {
-            if let Ok(b) = serde_json::from_slice::<TypingBody>(data) {
-                let v: serde_json::Value = serde_json::from_slice(data).unwrap();
-                let typing = if v.is_array() { &v[0] } else { &v["typing"] };
-                assert_eq!(typing.as_bool(), Some(b.typing));
-            }
-        }
-        _ => {
-            if let Ok(b) = serde_json::from_slice::<LoginBody>(data) {
-                let v: serde_json::Value = serde_json::from_slice(data).unwrap();
-                let password = if v.is_array() { &v[1] } else { &v["password"] };
-                assert_eq!(password.as_str(), Some(b.password.expose()));
-                assert_eq!(format!("{b:?}"), "LoginBody([redacted])");
-            }
-        }
+    }
+}
+
+fn message(data: &[u8]) {
+    use palisade::visitor::MessageBody;
+    if let Ok(b) = palisade::http::parse_body::<MessageBody>(data) {
+        let again: MessageBody =
+            serde_json::from_value(serde_json::json!({"text": b.text})).unwrap();
+        assert_eq!(again.text, b.text);
+        assert_eq!(
+            format!("{b:?}"),
+            format!("MessageBody([{} chars redacted])", b.text.chars().count())
+        );
+    }
+}
+
+fn typing(data: &[u8]) {
+    use palisade::visitor::TypingBody;
+    if let Ok(b) = palisade::http::parse_body::<TypingBody>(data) {
+        let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+        assert_eq!(v["typing"].as_bool(), Some(b.typing));
+    }
+}
+
+fn login(data: &[u8]) {
+    use palisade::operator::LoginBody;
+    if let Ok(b) = palisade::http::parse_body::<LoginBody>(data) {
+        let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+        assert_eq!(v["password"].as_str(), Some(b.password.expose()));
+        assert_eq!(format!("{b:?}"), "LoginBody([redacted])");
     }
 }
 

@@ -147,18 +147,19 @@ pub async fn read_json<T: DeserializeOwned>(
         }
         Ok(Ok(c)) => c.to_bytes(),
     };
+    parse_body(&bytes).map_err(|msg| error(StatusCode::BAD_REQUEST, &msg))
+}
+
+/// A request body as every handler reads it: a JSON object with known fields only. The
+/// error is the client-facing text (bounded in length, never the body itself).
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     // Every body of this API is an object. serde would also fill a struct from a
     // positional array, which no client sends and nothing documents: refuse it.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid JSON body: expected an object",
-        ));
+        return Err("invalid JSON body: expected an object".into());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let msg = format!("invalid JSON body: {}", truncate_msg(&e.to_string()));
-        error(StatusCode::BAD_REQUEST, &msg)
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("invalid JSON body: {}", truncate_msg(&e.to_string())))
 }
 
 fn truncate_msg(s: &str) -> String {

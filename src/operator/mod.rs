@@ -449,7 +449,7 @@ async fn logout(app: &Arc<App>, op: AuthenticatedOperator) -> Resp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PresenceBody {
+pub struct PresenceBody {
     presence: String,
 }
 
@@ -528,13 +528,19 @@ async fn read_up_to(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) ->
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransferBody {
+pub struct TransferBody {
     #[serde(default)]
     to_operator: String,
     #[serde(default)]
     to_department: String,
     #[serde(default)]
     note: String,
+}
+
+impl std::fmt::Debug for TransferBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransferBody([note redacted])")
+    }
 }
 
 async fn transfer(
@@ -573,10 +579,16 @@ async fn transfer(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WrapupBody {
+pub struct WrapupBody {
     category: String,
     #[serde(default)]
     note: String,
+}
+
+impl std::fmt::Debug for WrapupBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrapupBody([note redacted])")
+    }
 }
 
 async fn wrapup(
@@ -676,7 +688,7 @@ async fn transcript(app: &Arc<App>, op: &AuthenticatedOperator, chat: ChatId) ->
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MonitorBody {
+pub struct MonitorBody {
     on: bool,
 }
 
@@ -834,9 +846,15 @@ async fn live(app: &Arc<App>, op: &AuthenticatedOperator) -> Resp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InviteBody {
+pub struct InviteBody {
     #[serde(default)]
     message: String,
+}
+
+impl std::fmt::Debug for InviteBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InviteBody([message redacted])")
+    }
 }
 
 async fn invite(
@@ -901,10 +919,16 @@ async fn canned_list(app: &Arc<App>) -> Resp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CannedBody {
+pub struct CannedBody {
     shortcut: String,
     title: String,
     text: String,
+}
+
+impl std::fmt::Debug for CannedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CannedBody([text redacted])")
+    }
 }
 
 async fn canned_save(
@@ -1204,8 +1228,14 @@ async fn totp_enroll(app: &Arc<App>, op: &AuthenticatedOperator) -> Resp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfirmBody {
+pub struct ConfirmBody {
     code: Secret,
+}
+
+impl std::fmt::Debug for ConfirmBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfirmBody([code redacted])")
+    }
 }
 
 async fn totp_confirm(app: &Arc<App>, op: &AuthenticatedOperator, req: Request<Incoming>) -> Resp {

@@ -242,7 +242,7 @@ fn minimised_ip(app: &App, ip: IpAddr) -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageBody {
+pub struct PageBody {
     #[serde(default)]
     url: String,
     #[serde(default)]
@@ -401,7 +401,7 @@ fn invite_frame(inv: &crate::core::visitors::Invite, operator_name: &str) -> byt
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InviteAnswer {
+pub struct InviteAnswer {
     invite_id: u64,
 }
 
@@ -637,13 +637,19 @@ async fn start_chat(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> 
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OfflineBody {
+pub struct OfflineBody {
     name: String,
     #[serde(default)]
     email: String,
     #[serde(default)]
     department: String,
     message: String,
+}
+
+impl std::fmt::Debug for OfflineBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OfflineBody([personal data redacted])")
+    }
 }
 
 async fn offline_message(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> Resp {
@@ -859,10 +865,16 @@ pub fn action_error(e: ActionError) -> Resp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RatingBody {
+pub struct RatingBody {
     rating: i64,
     #[serde(default)]
     comment: String,
+}
+
+impl std::fmt::Debug for RatingBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RatingBody([comment redacted])")
+    }
 }
 
 async fn rating(app: &Arc<App>, req: Request<Incoming>) -> Resp {
