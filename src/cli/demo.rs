@@ -163,6 +163,8 @@ pub const DEFAULT_CHAT: &str = include_str!("../../policy/chat.toml");
 
 pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
     crate::sandbox::harden_process()?;
+    // As `serve` does: the visitor limit (max_connections) needs descriptors.
+    crate::sandbox::raise_nofile();
     let signals = super::Signals::install()?;
     let dir = match dir {
         Some(d) => d,
