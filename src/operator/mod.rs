@@ -521,7 +521,7 @@ async fn read_up_to(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) ->
     };
     let changed = app.core().read(oc.id(), false, body.up_to);
     if let Some(r) = changed {
-        chat::receipts_changed(app, oc.id(), r);
+        chat::receipts_to_visitor(app, oc.id(), r);
     }
     no_content()
 }

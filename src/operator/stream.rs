@@ -203,7 +203,7 @@ async fn run(
                 {
                     let delivered = app.core().delivered(event.chat_id, event.id);
                     if let Some(r) = delivered {
-                        chat::receipts_changed(&app, event.chat_id, r);
+                        chat::receipts_to_visitor(&app, event.chat_id, r);
                     }
                 }
                 http::sse_frame(
