@@ -337,6 +337,20 @@ impl Auth {
         Ok(())
     }
 
+    /// Would `login` answer `Busy` right now (no backoff in force, the waiting line full)?
+    /// Asked before the account is looked up, so an excess login is refused without a
+    /// database read; `login` checks again when it takes its place in the line.
+    pub fn line_full(&self, username: &str, source: IpAddr) -> bool {
+        if self.blocked(username, source, Instant::now()).is_some() {
+            return false;
+        }
+        let line = {
+            let l = read(&self.login);
+            l.max_waiting_logins + l.max_concurrent_hashes
+        };
+        self.waiting.load(Ordering::SeqCst) >= line
+    }
+
     fn blocked(&self, username: &str, source: IpAddr, now: Instant) -> Option<Duration> {
         let until = [
             lock(&self.by_account)
