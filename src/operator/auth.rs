@@ -450,6 +450,12 @@ impl Auth {
         let string_hash = read(&self.auth_string_hash);
         let (done, checked) = tokio::sync::oneshot::channel();
         let job: HashJob = Box::new(move || {
+            // A login whose client hung up while waiting gave its place in the line back
+            // already: hashing for nobody would let a client that sends logins and
+            // disconnects queue unbounded argon2 work.
+            if done.is_closed() {
+                return;
+            }
             // Both checks always run: the answer and its cost do not depend on which failed.
             let pw_ok = verify_secret(&phc, &password);
             let str_ok = verify_secret(&string_hash, &auth_string);
