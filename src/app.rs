@@ -93,8 +93,11 @@ impl App {
 }
 
 fn build_live(v: &Verified, policy: Arc<Policy>) -> Result<Live, String> {
-    let visitor_tls =
-        crate::tls::visitor_server_config(&v.visitor_cert, &policy.tls.visitor.min_version)?;
+    let visitor_tls = crate::tls::visitor_server_config(
+        &v.visitor_cert,
+        &policy.tls.visitor.min_version,
+        policy.tls.visitor.session_resumption,
+    )?;
     let operator_tls = crate::tls::operator_server_config(&v.operator_cert)?;
     Ok(Live {
         allowlist: Arc::new(Allowlist::new(policy.operator_allow.clone())),

@@ -59,9 +59,15 @@ pub fn queue_changed(app: &App) {
     app.hub.to_operators(OperatorEvent::QueueChanged);
 }
 
-/// Tell both sides how far the other got.
-pub fn receipts_changed(app: &App, chat: ChatId, r: Receipts) {
+/// The operator side got further (delivered to or read by the operator): only the visitor
+/// is told, since an operator's receipt frame carries the visitor's progress alone.
+pub fn receipts_to_visitor(app: &App, chat: ChatId, r: Receipts) {
     app.hub.to_chat(chat, VisitorEvent::Receipt(r));
+}
+
+/// The visitor got further (delivered to or read by the visitor): only the operators who
+/// see the chat are told, since the visitor's receipt frame carries the operator's progress.
+pub fn receipts_to_operators(app: &App, chat: ChatId, r: Receipts) {
     let audience = app.core().audience(chat);
     app.hub.to_operators(OperatorEvent::Receipt {
         audience: audience.into(),

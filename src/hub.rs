@@ -59,6 +59,32 @@ pub enum OperatorEvent {
     },
 }
 
+impl OperatorEvent {
+    /// The operators this event is for; `None` for events every operator gets.
+    fn recipients(&self) -> Option<&[OperatorId]> {
+        match self {
+            OperatorEvent::QueueChanged
+            | OperatorEvent::VisitorsChanged
+            | OperatorEvent::Stats(_)
+            | OperatorEvent::InboxChanged => None,
+            OperatorEvent::Stored { audience, .. }
+            | OperatorEvent::Typing { audience, .. }
+            | OperatorEvent::Receipt { audience, .. }
+            | OperatorEvent::ChatChanged { audience, .. } => Some(audience),
+            OperatorEvent::ChatRemoved { operator, .. }
+            | OperatorEvent::InviteUpdate { operator, .. }
+            | OperatorEvent::SessionsEnded { operator, .. } => Some(std::slice::from_ref(operator)),
+        }
+    }
+}
+
+/// An operator event stream's subscription: what every operator gets, and its own events.
+#[derive(Debug)]
+pub struct OperatorSubscription {
+    pub all: broadcast::Receiver<OperatorEvent>,
+    pub own: broadcast::Receiver<OperatorEvent>,
+}
+
 /// What a visitor's chat event stream receives.
 #[derive(Debug, Clone)]
 pub enum VisitorEvent {
@@ -77,7 +103,11 @@ pub enum PresenceEvent {
 
 #[derive(Debug)]
 pub struct Hub {
+    /// Events for every operator (queue, visitor list, stats, inbox).
     operators: broadcast::Sender<OperatorEvent>,
+    /// One channel per operator with open streams, so a chat's events wake only the streams
+    /// of the operators who see that chat, not every operator's.
+    operator: Mutex<HashMap<OperatorId, broadcast::Sender<OperatorEvent>>>,
     chats: Mutex<HashMap<ChatId, broadcast::Sender<VisitorEvent>>>,
     presence: Mutex<HashMap<String, broadcast::Sender<PresenceEvent>>>,
 }
@@ -96,17 +126,35 @@ impl Hub {
     pub fn new() -> Hub {
         Hub {
             operators: broadcast::channel(4096).0,
+            operator: Mutex::new(HashMap::new()),
             chats: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn subscribe_operators(&self) -> broadcast::Receiver<OperatorEvent> {
-        self.operators.subscribe()
+    pub fn subscribe_operator(&self, op: OperatorId) -> OperatorSubscription {
+        let all = self.operators.subscribe();
+        let own = lock(&self.operator)
+            .entry(op)
+            .or_insert_with(|| broadcast::channel(1024).0)
+            .subscribe();
+        OperatorSubscription { all, own }
     }
 
     pub fn to_operators(&self, e: OperatorEvent) {
-        let _ = self.operators.send(e);
+        let Some(recipients) = e.recipients() else {
+            let _ = self.operators.send(e);
+            return;
+        };
+        let mut map = lock(&self.operator);
+        for op in recipients {
+            if let Some(tx) = map.get(op) {
+                if tx.send(e.clone()).is_err() {
+                    // None of this operator's streams is open any more.
+                    map.remove(op);
+                }
+            }
+        }
     }
 
     pub fn subscribe_chat(&self, chat: ChatId) -> broadcast::Receiver<VisitorEvent> {

@@ -130,7 +130,7 @@ fn write_policy(
     write_public(
         &p.join("tls.toml"),
         &format!(
-            "# Demo TLS policy.\n\n[visitor]\ncertificate = \"../certs/visitor.pem\"\nkey = \"../certs/visitor.key\"\n# Served key's pin first, then the backup key's pin.\npins = {}\nmin_version = \"1.2\"\n\n[operator]\ncertificate = \"../certs/operator.pem\"\nkey = \"../certs/operator.key\"\npins = {}\n",
+            "# Demo TLS policy.\n\n[visitor]\ncertificate = \"../certs/visitor.pem\"\nkey = \"../certs/visitor.key\"\n# Served key's pin first, then the backup key's pin.\npins = {}\nmin_version = \"1.2\"\nsession_resumption = true\n\n[operator]\ncertificate = \"../certs/operator.pem\"\nkey = \"../certs/operator.key\"\npins = {}\n",
             toml_list(&[v.pin.clone(), v.backup_pin.clone()]),
             toml_list(&[o.pin.clone(), o.backup_pin.clone()]),
         ),
@@ -271,6 +271,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<ExitCode, String> {
         )
         .map_err(|e| e.to_string())?,
         "1.2",
+        true,
     )?;
     let page = Arc::new(
         crate::assets::get("demo-page.html").replace("{{VISITOR_ORIGIN}}", &visitor_origin),

@@ -468,6 +468,17 @@ pub fn text_report(cfg: &Config, p: Option<&Policy>, checks: &[Check]) -> String
             "visitor minimum",
             format!("TLS {}", p.tls.visitor.min_version),
         );
+        row(
+            &mut s,
+            "",
+            "visitor resumption",
+            if p.tls.visitor.session_resumption {
+                "on (one TLS 1.3 ticket per full handshake)"
+            } else {
+                "off (every connection a full handshake)"
+            }
+            .to_string(),
+        );
         row(&mut s, "", "visitor pins", p.tls.visitor.pins.join(", "));
         row(
             &mut s,

@@ -2,8 +2,8 @@
 //!
 //! Login = username + password + the server-wide authentication string. Both secrets are
 //! checked against argon2id hashes every time — also for unknown or disabled users, against
-//! a dummy hash — so every failure costs the same and looks the same. Hashing runs on the
-//! blocking pool, at most `max_concurrent_hashes` at once, with a bounded waiting line.
+//! a dummy hash — so every failure costs the same and looks the same. Hashing runs on
+//! `max_concurrent_hashes` dedicated threads, with a bounded waiting line in front of them.
 //!
 //! Architecture invariant: only this module builds an [`AuthenticatedOperator`], and every
 //! operator API handler takes one.
@@ -11,7 +11,7 @@
 use crate::core::OperatorId;
 use crate::policy::{Argon2Policy, LoginPolicy, SessionPolicy};
 use crate::secret::Secret;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -86,6 +86,15 @@ pub fn hash_secret(p: &Argon2Policy, secret: &Secret) -> Result<String, String> 
         .map_err(|e| format!("hashing failed: {e}"))
 }
 
+thread_local! {
+    /// argon2's working memory (`memory_kib`), kept by each thread that verifies and reused:
+    /// allocating, faulting in and unmapping it for every login cost the whole process
+    /// page faults and TLB shootdowns during a login flood. argon2 overwrites every block
+    /// it reads, so nothing carries over from one hash to the next.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Check a secret against a PHC string; only argon2id hashes are accepted.
 pub fn verify_secret(phc: &str, secret: &Secret) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
@@ -94,9 +103,41 @@ pub fn verify_secret(phc: &str, secret: &Secret) -> bool {
     if parsed.algorithm.as_str() != "argon2id" {
         return false;
     }
-    Argon2::default()
-        .verify_password(secret.expose().as_bytes(), &parsed)
-        .is_ok()
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    // What `PasswordVerifier::verify_password` does, with reused memory.
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(Algorithm::Argon2id, version, params);
+    let computed = ARGON2_MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < blocks {
+            m.resize(blocks, argon2::Block::default());
+        }
+        argon2::password_hash::Output::init_with(expected.len(), |out| {
+            argon
+                .hash_password_into_with_memory(
+                    secret.expose().as_bytes(),
+                    salt,
+                    out,
+                    &mut m[..blocks],
+                )
+                .map_err(|_| argon2::password_hash::Error::Password)
+        })
+    });
+    // `Output` compares in constant time.
+    computed.is_ok_and(|c| c == expected)
 }
 
 /// SHA-256 of a bearer token (tokens are stored and looked up only by their hash).
@@ -198,11 +239,10 @@ type HashJob = Box<dyn FnOnce() + Send>;
 
 /// Start the threads that run every argon2 check, for as long as `Auth` lives.
 ///
-/// Each check allocates `memory_kib`, and the allocator keeps what a thread freed for that
-/// thread. On tokio's blocking pool (which grows to hundreds of threads under a login
-/// flood) that retained memory grew with the number of threads that had ever hashed. A
-/// fixed set of threads bounds it to about `threads × memory_kib` and also bounds how many
-/// hashes run at once.
+/// Each thread keeps its own `memory_kib` of argon2 working memory (see `verify_secret`).
+/// On tokio's blocking pool (which grows to hundreds of threads under a login flood) that
+/// memory grew with the number of threads that had ever hashed. A fixed set of threads
+/// bounds it to about `threads × memory_kib` and also bounds how many hashes run at once.
 fn start_hashers(threads: usize) -> Result<std::sync::mpsc::Sender<HashJob>, String> {
     let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
     let rx = Arc::new(Mutex::new(rx));
@@ -295,6 +335,20 @@ impl Auth {
         *self.login.write().unwrap_or_else(|p| p.into_inner()) = login;
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = session;
         Ok(())
+    }
+
+    /// Would `login` answer `Busy` right now (no backoff in force, the waiting line full)?
+    /// Asked before the account is looked up, so an excess login is refused without a
+    /// database read; `login` checks again when it takes its place in the line.
+    pub fn line_full(&self, username: &str, source: IpAddr) -> bool {
+        if self.blocked(username, source, Instant::now()).is_some() {
+            return false;
+        }
+        let line = {
+            let l = read(&self.login);
+            l.max_waiting_logins + l.max_concurrent_hashes
+        };
+        self.waiting.load(Ordering::SeqCst) >= line
     }
 
     fn blocked(&self, username: &str, source: IpAddr, now: Instant) -> Option<Duration> {
@@ -396,6 +450,12 @@ impl Auth {
         let string_hash = read(&self.auth_string_hash);
         let (done, checked) = tokio::sync::oneshot::channel();
         let job: HashJob = Box::new(move || {
+            // A login whose client hung up while waiting gave its place in the line back
+            // already: hashing for nobody would let a client that sends logins and
+            // disconnects queue unbounded argon2 work.
+            if done.is_closed() {
+                return;
+            }
             // Both checks always run: the answer and its cost do not depend on which failed.
             let pw_ok = verify_secret(&phc, &password);
             let str_ok = verify_secret(&string_hash, &auth_string);

@@ -292,6 +292,9 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
     if username.is_empty() || username.len() > 64 || username.chars().any(char::is_control) {
         return invalid();
     }
+    if app.auth.line_full(&username, peer.ip()) {
+        return busy();
+    }
     let account = match app.storage.operator_by_name(username.clone()).await {
         Ok(a) => a.map(|r| AccountView {
             id: r.id,
@@ -404,16 +407,19 @@ async fn login(app: &Arc<App>, peer: AllowedPeer, req: Request<Incoming>) -> Res
             }
             r
         }
-        LoginOutcome::Busy => {
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many logins at once; try again shortly",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        LoginOutcome::Busy => busy(),
     }
+}
+
+/// Too many logins waiting for a hashing slot.
+fn busy() -> Resp {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many logins at once; try again shortly",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// A username as logged: printable, bounded.
@@ -521,7 +527,7 @@ async fn read_up_to(app: &Arc<App>, oc: OperatorChat, req: Request<Incoming>) ->
     };
     let changed = app.core().read(oc.id(), false, body.up_to);
     if let Some(r) = changed {
-        chat::receipts_changed(app, oc.id(), r);
+        chat::receipts_to_visitor(app, oc.id(), r);
     }
     no_content()
 }

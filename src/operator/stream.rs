@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::chat;
 use crate::core::{ChatId, OperatorId};
 use crate::http;
-use crate::hub::OperatorEvent;
+use crate::hub::{OperatorEvent, OperatorSubscription};
 use crate::storage::{EventKind, Sender};
 use crate::visitor::event_json;
 use std::sync::Arc;
@@ -133,7 +133,7 @@ impl Drop for Connected {
 
 pub fn events(app: &Arc<App>, op: AuthenticatedOperator) -> http::Resp {
     let (tx, rx) = mpsc::channel(256);
-    let sub = app.hub.subscribe_operators();
+    let sub = app.hub.subscribe_operator(op.id);
     tokio::spawn(run(app.clone(), op, sub, tx));
     http::sse_response(rx)
 }
@@ -141,9 +141,10 @@ pub fn events(app: &Arc<App>, op: AuthenticatedOperator) -> http::Resp {
 async fn run(
     app: Arc<App>,
     op: AuthenticatedOperator,
-    mut sub: broadcast::Receiver<OperatorEvent>,
+    sub: OperatorSubscription,
     tx: mpsc::Sender<bytes::Bytes>,
 ) {
+    let OperatorSubscription { mut all, mut own } = sub;
     app.core().stream_opened(op.id);
     let _connected = Connected {
         app: app.clone(),
@@ -163,7 +164,8 @@ async fn run(
     keepalive.tick().await;
     loop {
         let ev = tokio::select! {
-            ev = sub.recv() => ev,
+            ev = own.recv() => ev,
+            ev = all.recv() => ev,
             _ = keepalive.tick() => {
                 if !app.auth.session_alive(&op.session_hash()) { return; }
                 if tx.send(bytes::Bytes::from_static(b": keep-alive\n\n")).await.is_err() { return; }
@@ -201,7 +203,7 @@ async fn run(
                 {
                     let delivered = app.core().delivered(event.chat_id, event.id);
                     if let Some(r) = delivered {
-                        chat::receipts_changed(&app, event.chat_id, r);
+                        chat::receipts_to_visitor(&app, event.chat_id, r);
                     }
                 }
                 http::sse_frame(

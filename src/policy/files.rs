@@ -124,6 +124,14 @@ pub struct VisitorTls {
     /// Lowest TLS version offered to visitors: "1.2" or "1.3".
     #[serde(default = "default_min_version")]
     pub min_version: String,
+    /// Let returning visitors resume a TLS session (one TLS 1.3 ticket per full handshake,
+    /// the TLS 1.2 session cache). `false`: every visitor connection does a full handshake.
+    #[serde(default = "default_true")]
+    pub session_resumption: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_min_version() -> String {

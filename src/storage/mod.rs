@@ -2,7 +2,7 @@
 //!
 //! One SQLite file in the state directory, WAL with `synchronous=FULL`. All writes go
 //! through one writer thread that batches whatever is queued into one transaction (group
-//! commit) and answers each caller only after that transaction committed; callbacks given
+//! commit; under steady load it waits briefly for more) and answers each caller only after that transaction committed; callbacks given
 //! to [`Storage::write_then`] run in commit order before the caller is answered, so event
 //! fan-out sees events in the order they were stored. Reads use a small pool of separate
 //! connections (WAL lets them run beside the writer).
@@ -912,9 +912,24 @@ fn exec_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
     c.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// How long the writer lets a transaction gather writes before it commits, when writes are
+/// arriving steadily: one fsync (and one writer wake-up) then covers several messages. The
+/// first write after a quiet spell commits at once.
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(1500);
+/// Writes closer together than this count as steady.
+const STEADY_GAP: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut state: WriterState) {
     const MAX_BATCH: usize = 512;
+    let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
+        let now = std::time::Instant::now();
+        if last_batch.is_some_and(|t| now.duration_since(t) < STEADY_GAP) {
+            // Sleep rather than wait on the queue: callers enqueue without waking this
+            // thread, and nobody is answered before the COMMIT below.
+            std::thread::sleep(GROUP_COMMIT_WINDOW);
+        }
+        last_batch = Some(now);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

@@ -167,6 +167,7 @@ impl rustls::server::ResolvesServerCert for FixedCert {
 pub fn visitor_server_config(
     cert: &PinnedCertificate,
     min_version: &str,
+    session_resumption: bool,
 ) -> Result<Arc<ServerConfig>, String> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = if min_version == "1.3" {
         &[&rustls::version::TLS13]
@@ -182,6 +183,11 @@ pub fn visitor_server_config(
     // One TLS 1.3 resumption ticket per handshake (rustls sends two by default): a browser
     // uses a ticket once, and every resumed connection brings a fresh one.
     cfg.send_tls13_tickets = 1;
+    if !session_resumption {
+        // The policy turned resumption off: no tickets, no session cache.
+        cfg.send_tls13_tickets = 0;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     Ok(Arc::new(cfg))
 }
 

@@ -829,7 +829,7 @@ async fn read_up_to(app: &Arc<App>, chat: VisitorChat, req: Request<Incoming>) -
     };
     let changed = app.core().read(chat.id(), true, body.up_to);
     if let Some(r) = changed {
-        chat::receipts_changed(app, chat.id(), r);
+        chat::receipts_to_operators(app, chat.id(), r);
     }
     no_content()
 }
@@ -1045,7 +1045,7 @@ async fn visitor_stream(
                 if ev.from == Sender::Operator && ev.kind == EventKind::Message {
                     let delivered = app.core().delivered_to_visitor(chat.id(), ev.id);
                     if let Some(r) = delivered {
-                        chat::receipts_changed(&app, chat.id(), r);
+                        chat::receipts_to_operators(&app, chat.id(), r);
                     }
                 }
                 frame(&ev)

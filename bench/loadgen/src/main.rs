@@ -291,6 +291,8 @@ async fn run(a: &Args, cx: &mut Ctx) -> Result<(), String> {
 async fn tls_and_start(a: &Args, cx: &mut Ctx, rounds: usize) -> Result<(), String> {
     say("appliance A: palisade demo → palisade serve");
     let mut p = Palisade::create(&a.palisade, &a.work.join("a"))?;
+    // P2 measures full handshakes with session tickets off on both servers.
+    p.set_policy("tls.toml", "session_resumption", "false")?;
     let vt = Target::new(p.visitor_addr(), &p.s("visitor_pin"));
     if want(a, "p7") {
         let mut starts = Vec::new();
@@ -508,9 +510,8 @@ async fn tls_and_start(a: &Args, cx: &mut Ctx, rounds: usize) -> Result<(), Stri
          measured window after a warm-up. P1: 16 keep-alive connections, closed loop. P2: \
          8 clients each connecting, completing a full handshake (resumption off in the \
          client), sending close_notify and waiting for the server to close; nginx has \
-         `ssl_session_tickets off` and `ssl_session_cache off`; palisade's visitor side \
-         keeps resumption on and issues one stateful TLS 1.3 session ticket per full \
-         handshake, which the client ignores (its cost is in palisade's figure).",
+         `ssl_session_tickets off` and `ssl_session_cache off`; palisade has \
+         `session_resumption = false` in tls.toml (no tickets, no session cache).",
         procfs::children(ngx_pid).len()
     ));
     drop(nginx);
