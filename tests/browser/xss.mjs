@@ -178,7 +178,11 @@ async function xssFlags(page) {
   const out = [];
   for (const f of page.frames()) {
     try {
-      const v = await f.evaluate(() => (typeof window.__xss === 'undefined' ? null : String(window.__xss)));
+      // A frame whose document never came (a blocked javascript: URL) never answers.
+      const v = await Promise.race([
+        f.evaluate(() => (typeof window.__xss === 'undefined' ? null : String(window.__xss))),
+        sleep(2000).then(() => null),
+      ]);
       if (v !== null) out.push(`${f.url()}: __xss=${v}`);
     } catch { /* navigating */ }
   }
@@ -516,8 +520,11 @@ async function attack(browser) {
     }
     for (const c of batch) {
       const panel = `.chat-panel[data-chat-id="${c.id}"]`;
+      if (!shownFor(c, 'rating').length) continue;
+      await until(`rating line of chat ${c.id}`, async () => (await op.locator(`${panel} .rating-line:not([hidden])`).count()) > 0, PER_CHAT)
+        .catch((e) => check('console-rating', false, e.message));
       for (const f of shownFor(c, 'rating')) {
-        const ok = await until(`rating line of chat ${c.id}`, () => hasText(op.mainFrame(), panel, f.shown.rating, c.expect[f.field]), PER_CHAT).catch(() => false);
+        const ok = await hasText(op.mainFrame(), panel, f.shown.rating, c.expect[f.field]);
         check('console-rating', ok, `payload ${c.i} (${c.cls}) ${short(c.p)} in ${f.field}: rating line not literal`);
       }
     }
