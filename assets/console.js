@@ -984,6 +984,8 @@
       typingTimer: null,
       typingShowTimer: null,
       readTimer: null,
+      reading: null,       // the read receipt on its way, if any
+      leaving: false,      // a transfer of this chat is on its way
       wrapped: false,
       c: null
     };
@@ -1539,14 +1541,14 @@
 
   /* POST /read when the chat is on screen and the visitor said something new */
   function markRead(chat) {
-    if (chat.mode !== 'mine' || chat.ended || chat.lastVisitorId <= chat.readSent) { return; }
+    if (chat.mode !== 'mine' || chat.ended || chat.leaving || chat.lastVisitorId <= chat.readSent) { return; }
     if (state.view !== 'work' || !pageVisible()) { return; }
     clearTimeout(chat.readTimer);
     chat.readTimer = setTimeout(function () {
       var upTo = chat.lastId;
-      if (chat.lastVisitorId <= chat.readSent || chat.ended || !state.chats.has(chat.id)) { return; }
+      if (chat.lastVisitorId <= chat.readSent || chat.ended || chat.leaving || !state.chats.has(chat.id)) { return; }
       chat.readSent = upTo;
-      request('POST', chatUrl(chat.id, 'read'), { up_to: upTo }).then(function (r) {
+      chat.reading = request('POST', chatUrl(chat.id, 'read'), { up_to: upTo }).then(function (r) {
         if (!r.ok && r.status !== 404 && chat.readSent === upTo) { chat.readSent = 0; }
       });
     }, 200);
@@ -1885,8 +1887,15 @@
     var note = chat.el.tNote.value.trim();
     if (note) { body.note = note; }
     chat.el.tGo.disabled = true;
-    request('POST', chatUrl(chat.id, 'transfer'), body).then(function (r) {
+    // No read receipt may overtake the transfer (it would find the chat gone): stop them,
+    // and let one already on its way arrive first.
+    chat.leaving = true;
+    clearTimeout(chat.readTimer);
+    Promise.resolve(chat.reading).then(function () {
+      return request('POST', chatUrl(chat.id, 'transfer'), body);
+    }).then(function (r) {
       chat.el.tGo.disabled = false;
+      chat.leaving = false;
       if (r.ok) {
         notice('Chat with ' + (chat.name || 'the visitor') + ' transferred to ' +
           (body.to_operator ? operatorLabel(body.to_operator) : body.to_department) + '.');
