@@ -842,7 +842,6 @@ async fn visitor_accept_loop(
             .visitor_connections
             .fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let _permit = permit;
             let tls =
                 match tokio::time::timeout(crate::http::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                     .await
@@ -851,15 +850,26 @@ async fn visitor_accept_loop(
                     _ => return,
                 };
             let source = peer.ip().to_canonical();
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        crate::visitor::handle(app, source, req).await,
-                    )
+            let handed_off = crate::http::serve_connection_handing_off(tls, |slot| {
+                hyper::service::service_fn(move |mut req| {
+                    let app = app.clone();
+                    req.extensions_mut().insert(slot.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            crate::visitor::handle(app, source, req).await,
+                        )
+                    }
+                })
+            })
+            .await;
+            // An event stream: hyper's connection state (and its buffers) is gone; a small
+            // task of its own writes the events, still holding the connection slot.
+            match handed_off {
+                Some((tls, rx)) => {
+                    tokio::spawn(crate::http::write_event_stream(tls, rx, permit));
                 }
-            });
-            crate::http::serve_connection(tls, svc).await;
+                None => drop(permit),
+            }
         });
     }
 }

@@ -153,6 +153,98 @@ async fn visitor_and_operator_chat_end_to_end() {
     );
 }
 
+/// Read an event-stream body until `needle` has arrived.
+async fn read_until(body: &mut hyper::body::Incoming, needle: &str, text: &mut String) {
+    use http_body_util::BodyExt;
+    while !text.contains(needle) {
+        let f = tokio::time::timeout(T, body.frame())
+            .await
+            .expect("an event in time")
+            .expect("the stream is open")
+            .unwrap();
+        if let Ok(d) = f.into_data() {
+            text.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+}
+
+#[tokio::test]
+async fn visitor_event_stream_after_other_requests_on_one_connection_ends_with_the_chat() {
+    use http_body_util::BodyExt;
+    let demo = Demo::start();
+    let v = demo.visitor();
+    let _online = demo.operator_online().await;
+    let (_chat, token) = start_chat(&v, "Iris", "one connection?").await;
+    let tcp = v.tcp().await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(v.addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(v.tls.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", v.addr.to_string())
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // An ordinary request first, on the same kept-alive connection.
+    let r = sender.send_request(get("/widget.js")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+    // Then the event stream: its head, then the events written on the bare connection.
+    let r = sender
+        .send_request(get("/api/v1/visitor/events"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), hyper::Version::HTTP_10);
+    let h = r.headers();
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["connection"], "close");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.get("content-length").is_none() && h.get("transfer-encoding").is_none());
+    let mut body = r.into_body();
+    let mut text = String::new();
+    read_until(&mut body, "event: started\n", &mut text).await;
+    let r = v
+        .post_json(
+            "/api/v1/visitor/messages",
+            &json!({"text": "hi"}),
+            &[bearer(&token)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    read_until(&mut body, "\"text\":\"hi\"", &mut text).await;
+    let r = v
+        .post_json("/api/v1/visitor/end", &json!({}), &[bearer(&token)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    read_until(&mut body, "event: ended\n", &mut text).await;
+    // The chat ended: the server ends the stream by closing the connection.
+    loop {
+        match tokio::time::timeout(T, body.frame())
+            .await
+            .expect("the end in time")
+        {
+            None => break,
+            Some(Ok(f)) => assert!(
+                f.into_data().is_ok_and(|d| d.is_empty()),
+                "more after ended"
+            ),
+            Some(Err(e)) => panic!("stream broke instead of ending: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn event_stream_resume_replays_exactly_what_was_missed() {
     let demo = Demo::start();

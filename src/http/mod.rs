@@ -7,10 +7,13 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -242,14 +245,116 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = hyper::server::conn::http1::Builder::new()
+    let _ = http1(io, service).await;
+}
+
+fn http1<I, S>(io: I, service: S) -> hyper::server::conn::http1::Connection<TokioIo<I>, S>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Resp, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
         .max_headers(64)
         .keep_alive(true)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
-    let _ = conn.await;
+        .serve_connection(TokioIo::new(io), service)
+}
+
+/// Where a request's handler leaves an event stream's channel when the connection itself
+/// is to carry the stream (see [`event_stream`]). One per connection, put into each
+/// request's extensions by [`serve_connection_handing_off`].
+#[derive(Clone, Debug, Default)]
+pub struct StreamHandoff(Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>);
+
+/// An event-stream response. When the connection serves with a [`StreamHandoff`] (the
+/// visitor listener), hyper writes only the response head (HTTP/1.0 framing: the body
+/// runs until the connection closes) and then gives the connection back, and
+/// [`write_event_stream`] writes the events on it without hyper's per-connection
+/// buffers; otherwise it is an ordinary chunked streaming response.
+pub fn event_stream(req: &Request<Incoming>, rx: mpsc::Receiver<Bytes>) -> Resp {
+    let Some(slot) = req.extensions().get::<StreamHandoff>() else {
+        return sse_response(rx);
+    };
+    match slot.0.lock() {
+        Ok(mut s) => *s = Some(rx),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+    // A body of unknown length that ends at once: with an HTTP/1.0 head hyper frames it
+    // by closing, so it writes the head, nothing else, and ends the connection's HTTP part.
+    let empty = tokio_stream::empty::<Result<Frame<Bytes>, Infallible>>();
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(empty)));
+    *r.version_mut() = hyper::Version::HTTP_10;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// Like [`serve_connection`], but a request answered by [`event_stream`] ends the HTTP
+/// part of the connection: the connection and the stream's channel are returned, for
+/// [`write_event_stream`]. `service` gets the handoff slot to put into each request.
+pub async fn serve_connection_handing_off<I, S>(
+    io: I,
+    make_service: impl FnOnce(StreamHandoff) -> S,
+) -> Option<(I, mpsc::Receiver<Bytes>)>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Resp, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let slot = StreamHandoff::default();
+    let parts = http1(io, make_service(slot.clone()))
+        .without_shutdown()
+        .await
+        .ok()?;
+    let mut io = parts.io.into_inner();
+    let rx = slot.0.lock().ok().and_then(|mut s| s.take());
+    match rx {
+        Some(rx) => Some((io, rx)),
+        None => {
+            // hyper's own serving closes the connection this way (TLS close_notify).
+            let _ = io.shutdown().await;
+            None
+        }
+    }
+}
+
+/// Write an event stream's frames on a connection whose response head is already sent,
+/// until the stream ends, the peer closes, or the peer sends anything (a client of an
+/// event stream has nothing more to say on that connection). `held` (the connection's
+/// slot under the listener's limit) is released when the stream ends.
+pub async fn write_event_stream<I, H>(mut io: I, mut rx: mpsc::Receiver<Bytes>, held: H)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            _ = io.read(&mut probe) => return,
+            frame = rx.recv() => match frame {
+                Some(b) => {
+                    if io.write_all(&b).await.is_err() || io.flush().await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = io.shutdown().await;
+    drop(held);
 }
 
 /// Path segments after a prefix, e.g. `/api/v1/operator/chats/7/accept` → `["7","accept"]`.

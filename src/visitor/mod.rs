@@ -388,7 +388,7 @@ fn presence(app: &Arc<App>, req: &Request<Incoming>) -> Resp {
             }
         }
     });
-    http::sse_response(rx)
+    http::event_stream(req, rx)
 }
 
 fn invite_frame(inv: &crate::core::visitors::Invite, operator_name: &str) -> bytes::Bytes {
@@ -962,7 +962,7 @@ async fn events(app: &Arc<App>, chat: VisitorChat, req: &Request<Incoming>) -> R
     // Subscribe before reading the backlog, so nothing committed in between is missed.
     let sub = app.hub.subscribe_chat(chat.id());
     tokio::spawn(visitor_stream(app.clone(), chat, last, sub, tx));
-    http::sse_response(rx)
+    http::event_stream(req, rx)
 }
 
 async fn visitor_stream(
