@@ -6,6 +6,20 @@
 
 use zeroize::{Zeroize, Zeroizing};
 
+/// `Debug` for a request body that carries visitor data or a secret: the type's name and a
+/// fixed note, never a field, e.g. `redacted_debug!(RatingBody, "comment redacted")` prints
+/// `RatingBody([comment redacted])`.
+macro_rules! redacted_debug {
+    ($t:ident, $note:literal) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "([", $note, "])"))
+            }
+        }
+    };
+}
+pub(crate) use redacted_debug;
+
 /// A secret string (password, authentication string, session token).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(Zeroizing<String>);

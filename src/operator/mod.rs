@@ -17,7 +17,7 @@ use crate::chat;
 use crate::core::{ChatId, ChatState, OperatorChat, Presence, TransferTarget};
 use crate::http::{self, content, error, json, no_content, read_json, secure_headers, Resp};
 use crate::hub::{OperatorEvent, PresenceEvent, VisitorEvent};
-use crate::secret::Secret;
+use crate::secret::{redacted_debug, Secret};
 use crate::storage::{now_ms, Canned, EventKind, SearchQuery, Sender};
 use crate::visitor::{action_error, message_text, ReadBody, TypingBody};
 use allowlist::AllowedPeer;
@@ -243,12 +243,8 @@ pub struct LoginBody {
     pub totp: Secret,
 }
 
-impl std::fmt::Debug for LoginBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not even the username: it may be a password typed into the wrong field.
-        f.write_str("LoginBody([redacted])")
-    }
-}
+// Not even the username: it may be a password typed into the wrong field.
+redacted_debug!(LoginBody, "redacted");
 
 /// Check a TOTP code or a recovery code for an account that has TOTP enabled.
 async fn second_factor_ok(app: &App, a: &AccountView, code: &Secret) -> bool {
@@ -543,11 +539,7 @@ pub struct TransferBody {
     note: String,
 }
 
-impl std::fmt::Debug for TransferBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TransferBody([note redacted])")
-    }
-}
+redacted_debug!(TransferBody, "note redacted");
 
 async fn transfer(
     app: &Arc<App>,
@@ -591,11 +583,7 @@ pub struct WrapupBody {
     note: String,
 }
 
-impl std::fmt::Debug for WrapupBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WrapupBody([note redacted])")
-    }
-}
+redacted_debug!(WrapupBody, "note redacted");
 
 async fn wrapup(
     app: &Arc<App>,
@@ -857,11 +845,7 @@ pub struct InviteBody {
     message: String,
 }
 
-impl std::fmt::Debug for InviteBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InviteBody([message redacted])")
-    }
-}
+redacted_debug!(InviteBody, "message redacted");
 
 async fn invite(
     app: &Arc<App>,
@@ -931,11 +915,7 @@ pub struct CannedBody {
     text: String,
 }
 
-impl std::fmt::Debug for CannedBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CannedBody([text redacted])")
-    }
-}
+redacted_debug!(CannedBody, "text redacted");
 
 async fn canned_save(
     app: &Arc<App>,
@@ -1238,11 +1218,7 @@ pub struct ConfirmBody {
     code: Secret,
 }
 
-impl std::fmt::Debug for ConfirmBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConfirmBody([code redacted])")
-    }
-}
+redacted_debug!(ConfirmBody, "code redacted");
 
 async fn totp_confirm(app: &Arc<App>, op: &AuthenticatedOperator, req: Request<Incoming>) -> Resp {
     let body: ConfirmBody = match read_json(req, 256).await {

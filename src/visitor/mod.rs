@@ -15,6 +15,7 @@ use crate::http::{self, content, error, json, no_content, read_json, secure_head
 use crate::hub::{PresenceEvent, VisitorEvent};
 use crate::operator::auth::{new_token, token_hash};
 use crate::policy::FieldMode;
+use crate::secret::redacted_debug;
 use crate::storage::{
     ChatRecord, ChatStart, EventKind, OfflineMessage, PageView, Sender, StoredEvent, VisitorInfo,
 };
@@ -251,11 +252,7 @@ pub struct PageBody {
     referrer: String,
 }
 
-impl std::fmt::Debug for PageBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PageBody([visitor data redacted])")
-    }
-}
+redacted_debug!(PageBody, "visitor data redacted");
 
 impl PageBody {
     fn page(&self) -> Page {
@@ -508,11 +505,7 @@ pub struct StartChat {
     pub question: String,
 }
 
-impl std::fmt::Debug for StartChat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StartChat([personal data redacted])")
-    }
-}
+redacted_debug!(StartChat, "personal data redacted");
 
 /// Trim and bound a visitor-supplied field; control characters are refused.
 pub fn clean_field(
@@ -646,11 +639,7 @@ pub struct OfflineBody {
     message: String,
 }
 
-impl std::fmt::Debug for OfflineBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OfflineBody([personal data redacted])")
-    }
-}
+redacted_debug!(OfflineBody, "personal data redacted");
 
 async fn offline_message(app: &Arc<App>, caller: &Caller, req: Request<Incoming>) -> Resp {
     let policy = app.policy();
@@ -871,11 +860,7 @@ pub struct RatingBody {
     comment: String,
 }
 
-impl std::fmt::Debug for RatingBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RatingBody([comment redacted])")
-    }
-}
+redacted_debug!(RatingBody, "comment redacted");
 
 async fn rating(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     let chat = match chat_of_token(app, &req).await {
