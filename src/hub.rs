@@ -175,9 +175,7 @@ impl Hub {
 
     /// Is a visitor stream open for this chat?
     pub fn chat_has_listener(&self, chat: ChatId) -> bool {
-        lock(&self.chats)
-            .get(&chat)
-            .is_some_and(|tx| tx.receiver_count() > 0)
+        self.chat_listeners(chat) > 0
     }
 
     pub fn to_chat(&self, chat: ChatId, e: VisitorEvent) {

@@ -344,11 +344,13 @@ impl Auth {
         if self.blocked(username, source, Instant::now()).is_some() {
             return false;
         }
-        let line = {
-            let l = read(&self.login);
-            l.max_waiting_logins + l.max_concurrent_hashes
-        };
-        self.waiting.load(Ordering::SeqCst) >= line
+        self.waiting.load(Ordering::SeqCst) >= self.line_len()
+    }
+
+    /// Logins that may hash or wait for a hashing thread at once.
+    fn line_len(&self) -> usize {
+        let l = read(&self.login);
+        l.max_waiting_logins + l.max_concurrent_hashes
     }
 
     fn blocked(&self, username: &str, source: IpAddr, now: Instant) -> Option<Duration> {
@@ -436,11 +438,7 @@ impl Auth {
         }
         // Bounded waiting line in front of the hashing threads.
         let place = WaitingPlace(&self.waiting);
-        let line = {
-            let l = read(&self.login);
-            l.max_waiting_logins + l.max_concurrent_hashes
-        };
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= line {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.line_len() {
             return LoginOutcome::Busy;
         }
         let phc = account
