@@ -142,7 +142,7 @@ pub const BODIES: &[(&str, BodyCheck, BodyParses)] = {
         ),
         (
             "visitor/typing",
-            body::<v::TypingBody>,
+            plain::<v::TypingBody>,
             parses::<v::TypingBody>,
         ),
         (
@@ -150,7 +150,7 @@ pub const BODIES: &[(&str, BodyCheck, BodyParses)] = {
             redacted::<o::LoginBody>,
             parses::<o::LoginBody>,
         ),
-        ("visitor/read", body::<v::ReadBody>, parses::<v::ReadBody>),
+        ("visitor/read", plain::<v::ReadBody>, parses::<v::ReadBody>),
         (
             "visitor/hello+pageview",
             redacted::<v::PageBody>,
@@ -158,7 +158,7 @@ pub const BODIES: &[(&str, BodyCheck, BodyParses)] = {
         ),
         (
             "visitor/invite",
-            body::<v::InviteAnswer>,
+            plain::<v::InviteAnswer>,
             parses::<v::InviteAnswer>,
         ),
         (
@@ -173,7 +173,7 @@ pub const BODIES: &[(&str, BodyCheck, BodyParses)] = {
         ),
         (
             "operator/presence",
-            body::<o::PresenceBody>,
+            plain::<o::PresenceBody>,
             parses::<o::PresenceBody>,
         ),
         (
@@ -188,7 +188,7 @@ pub const BODIES: &[(&str, BodyCheck, BodyParses)] = {
         ),
         (
             "operator/monitor",
-            body::<o::MonitorBody>,
+            plain::<o::MonitorBody>,
             parses::<o::MonitorBody>,
         ),
         (
@@ -229,29 +229,32 @@ fn parses<T: serde::de::DeserializeOwned>(data: &[u8]) -> bool {
     palisade::http::parse_body::<T>(data).is_ok()
 }
 
-/// The property every body type keeps.
-fn body<T: serde::de::DeserializeOwned>(data: &[u8]) {
-    let Ok(_) = palisade::http::parse_body::<T>(data) else {
-        return;
-    };
-    let mut v: serde_json::Value = serde_json::from_slice(data).expect("parsed, so JSON");
-    let o = v.as_object_mut().expect("only an object parses");
+/// The property every body type keeps; the parsed body and its JSON object when it parses.
+fn body<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<(T, serde_json::Value)> {
+    let b = palisade::http::parse_body::<T>(data).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(data).expect("parsed, so JSON");
+    let mut extended = v.clone();
+    let o = extended.as_object_mut().expect("only an object parses");
     o.insert("x-unknown".into(), true.into());
-    let again = palisade::http::parse_body::<T>(v.to_string().as_bytes());
+    let again = palisade::http::parse_body::<T>(extended.to_string().as_bytes());
     assert!(
         again.as_ref().is_err_and(|e| e.contains("unknown field")),
         "an unknown field was accepted"
     );
+    Some((b, v))
+}
+
+/// A body without visitor data or a secret: the common property only.
+fn plain<T: serde::de::DeserializeOwned>(data: &[u8]) {
+    body::<T>(data);
 }
 
 /// A body carrying visitor data or a secret: `Debug` does not depend on what the strings
 /// say (at most on their lengths), so no value can reach a log through it.
 fn redacted<T: serde::de::DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
-    body::<T>(data);
-    let Ok(b) = palisade::http::parse_body::<T>(data) else {
+    let Some((b, mut v)) = body::<T>(data) else {
         return;
     };
-    let mut v: serde_json::Value = serde_json::from_slice(data).expect("parsed, so JSON");
     for x in v.as_object_mut().expect("an object").values_mut() {
         if let Some(s) = x.as_str() {
             *x = "#".repeat(s.chars().count()).into();
